@@ -1,0 +1,88 @@
+"""Write the sample data and run a one-epoch smoke test, both in this one process (torch loads once)."""
+
+import contextlib
+import csv
+import importlib
+import importlib.util
+import io
+import json
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+# tojson, then json.loads: an answer is data here, never Python source.
+ANSWERS = json.loads(r"""{{ cookiecutter | tojson }}""")
+PROJECT = Path.cwd()  # cookiecutter runs hooks inside the new project
+LATER = f"""  cd {PROJECT}
+  python -m pip install -e .
+  python make_sample_data.py
+  python pytorch_script.py --dry-run"""
+
+
+def smoke_test(pytorch_script) -> float:
+    """One epoch with DataLoader workers; returns the validation accuracy, raises on failure."""
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics_csv = Path(tmp) / "metrics.csv"
+        argv = ["--max-epochs", "1", "--num-workers", "2", "--metrics-csv", str(metrics_csv)]
+        output = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+                code = pytorch_script.main(argv)
+        except Exception:
+            code = traceback.format_exc()
+        if code != 0:
+            print(output.getvalue() + (code if isinstance(code, str) else ""), file=sys.stderr)
+            raise RuntimeError(f"`python pytorch_script.py {' '.join(argv[:4])}` failed (output above)")
+        with open(metrics_csv, newline="", encoding="utf-8") as f:
+            return float(list(csv.DictReader(f))[-1]["val_accuracy"])
+
+
+def main() -> int:
+    if not (ANSWERS["create_sample_data"] or ANSWERS["run_smoke_test"]):
+        return 0
+    missing = [name for name in ("torch", "tqdm") if importlib.util.find_spec(name) is None]
+    if missing:
+        print(
+            f"{' and '.join(missing)} not installed for {sys.executable}, so no sample data"
+            f" or smoke test yet. The project is ready; to finish:\n{LATER}"
+        )
+        return 0
+
+    sys.path.insert(0, str(PROJECT))
+    make_sample_data = importlib.import_module("make_sample_data")
+    pytorch_script = importlib.import_module("pytorch_script")
+
+    if ANSWERS["create_sample_data"]:
+        if (PROJECT / "data" / "partition.json").exists():
+            print(f"Kept the data already in {PROJECT / 'data'}; no sample data written.")
+        elif make_sample_data.main([]) != 0:
+            print("error: writing the sample data failed (reason above)", file=sys.stderr)
+            return 1
+
+    if ANSWERS["run_smoke_test"]:
+        if not (PROJECT / "data" / "partition.json").exists():
+            print(f"No data in {PROJECT / 'data'}, so no smoke test. Once it has some, run:\n{LATER}")
+            return 0
+        start = time.perf_counter()
+        try:
+            val_accuracy = smoke_test(pytorch_script)
+        except Exception as err:
+            print(
+                f"error: smoke test: {err}. Add --keep-project-on-failure to keep the project",
+                file=sys.stderr,
+            )
+            return 1
+        _, labels = importlib.import_module("my_classes").load_partition(PROJECT / "data")
+        chance = 1 / (max(labels.values()) + 1)
+        print(
+            f"Smoke test passed in {time.perf_counter() - start:.1f} s: one epoch with DataLoader"
+            f" workers, validation accuracy {val_accuracy:.2f} (chance {chance:.2f})."
+            f" Next: cd {PROJECT.name} && python pytorch_script.py"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Check every answer before cookiecutter writes the project; print one line per bad answer."""
+
+import json
+import keyword
+import re
+import sys
+
+# tojson, then json.loads: an answer is data here, never Python source.
+ANSWERS = json.loads(r"""{{ cookiecutter | tojson }}""")
+
+# Names a generated project imports or is made of: a project named like one would shadow it.
+TAKEN = {
+    "torch", "tqdm", "numpy", "pytest", "setuptools", "pip",
+    "my_classes", "pytorch_script", "make_sample_data", "data", "runs", "tests",
+}  # fmt: skip
+WHOLE = re.compile(r"[0-9]+")
+
+
+def check_slug(slug: str) -> str | None:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", slug):
+        return "use ASCII letters, digits and underscores, not starting with a digit (e.g. my_project)"
+    if keyword.iskeyword(slug) or keyword.issoftkeyword(slug):
+        return "it is a Python keyword"
+    if slug.lower() in sys.stdlib_module_names or slug.lower() in TAKEN:
+        return "a module of that name exists and the project would shadow it"
+    return None
+
+
+def check_int(value: object, least: int) -> str | None:
+    if isinstance(value, bool) or not WHOLE.fullmatch(str(value)) or int(str(value)) < least:
+        return f"must be a whole number >= {least}"
+    return None
+
+
+def check_shape(value: object) -> str | None:
+    parts = str(value).replace(" ", "").split(",")
+    if not all(WHOLE.fullmatch(part) and int(part) >= 1 for part in parts):
+        return "must be positive whole numbers separated by commas, e.g. 3,32,32 or 128"
+    return None
+
+
+def check_fraction(value: object) -> str | None:
+    try:
+        fraction = float(str(value))
+    except ValueError:
+        fraction = float("nan")
+    if not 0 < fraction < 1:
+        return "must be a number strictly between 0 and 1, e.g. 0.2"
+    if check_int(ANSWERS["num_samples"], 2) is None:
+        num_samples = int(ANSWERS["num_samples"])
+        if not 0 < round(num_samples * fraction) < num_samples:
+            return f"leaves a split of {num_samples} samples empty"
+    return None
+
+
+def check_bool(value: object) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+CHECKS = {
+    "project_slug": check_slug,
+    "batch_size": lambda v: check_int(v, 1),
+    "shuffle": check_bool,
+    "num_workers": lambda v: check_int(v, 0),
+    "max_epochs": lambda v: check_int(v, 1),
+    "cudnn_benchmark": check_bool,
+    "sample_shape": check_shape,
+    "num_classes": lambda v: check_int(v, 2),
+    "num_samples": lambda v: check_int(v, 2),
+    "validation_fraction": check_fraction,
+    "create_sample_data": check_bool,
+    "run_smoke_test": check_bool,
+}
+
+
+def main() -> int:
+    errors = []
+    for name, check in CHECKS.items():
+        problem = check(ANSWERS[name])
+        if problem:
+            errors.append(f"error: {name}={ANSWERS[name]!r}: {problem}")
+    for line in errors:
+        print(line, file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Helpers for baking the template and running what it bakes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_DATA = {"create_sample_data": False, "run_smoke_test": False}
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a command; on failure, show everything it printed."""
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def defaults(project: Path) -> dict:
+    """The command-line defaults of the baked scripts, read in a fresh Python."""
+    code = (
+        "import json, make_sample_data, pytorch_script;"
+        "a = vars(pytorch_script.parse_args([])) | vars(make_sample_data.parse_args([]));"
+        "print(json.dumps({k: v if isinstance(v, (int, float, bool)) else list(v) if isinstance(v, tuple) else str(v) for k, v in a.items()}))"
+    )
+    return json.loads(run([sys.executable, "-c", code], project).stdout)
+
+
+def python_files(project: Path) -> list[Path]:
+    return sorted(project.rglob("*.py"))
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    """A cookiecutter config that keeps clones and replays inside tmp_path, not in ~."""
+    path = tmp_path / "cookiecutter-config.yaml"
+    path.write_text(
+        f"cookiecutters_dir: {json.dumps(str(tmp_path / 'cookiecutters'))}\n"
+        f"replay_dir: {json.dumps(str(tmp_path / 'replay'))}\n"
+    )
+    return path

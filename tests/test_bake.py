@@ -1,0 +1,195 @@
+"""Bake the template with pytest-cookies and run what it bakes: every answer ends in a training run."""
+
+import ast
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import NO_DATA, defaults, python_files, run
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+ARTICLE_LAYOUT = {
+    ".gitignore",
+    "README.md",
+    "pyproject.toml",
+    "my_classes.py",
+    "pytorch_script.py",
+    "make_sample_data.py",
+    "data/.gitkeep",
+    "tests/conftest.py",
+    "tests/test_my_classes.py",
+    "tests/test_make_sample_data.py",
+    "tests/test_pytorch_script.py",
+}
+
+
+def source_files(project: Path) -> set[str]:
+    """Every file but the data, the runs and the caches that running the project leaves."""
+    files = {p.relative_to(project).as_posix() for p in project.rglob("*") if p.is_file()}
+    made = ("data/", "runs/", ".pytest_cache/", ".ruff_cache/")
+    return {f for f in files if f == "data/.gitkeep" or not f.startswith(made)} - {
+        f for f in files if "__pycache__/" in f
+    }
+
+
+def assert_clean_render(project: Path) -> None:
+    for path in project.rglob("*"):
+        if path.is_file() and path.suffix != ".pt":
+            text = path.read_text(encoding="utf-8")
+            assert "{{" not in text and "{%" not in text, f"Jinja left in {path}"
+    for path in python_files(project):
+        # feature_version: the syntax must also parse on Python 3.10, the oldest we support.
+        ast.parse(path.read_text(encoding="utf-8"), str(path), feature_version=(3, 10))
+    tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+@pytest.mark.slow
+def test_defaults_make_data_pass_the_smoke_test_own_tests_and_ruff(cookies, capfd) -> None:
+    result = cookies.bake()
+
+    assert result.exit_code == 0, result.exception
+    project = result.project_path
+    assert project.name == "my_pytorch_project"
+    out = capfd.readouterr().out
+    assert "Wrote 2000 samples of shape 3x32x32 (10 classes, 1600 train, 400 validation" in out
+    assert "Smoke test passed in" in out and "validation accuracy" in out
+    assert source_files(project) == ARTICLE_LAYOUT
+    assert_clean_render(project)
+
+    partition = json.loads((project / "data" / "partition.json").read_text())
+    labels = json.loads((project / "data" / "labels.json").read_text())
+    assert len(partition["train"]) == 1600 and len(partition["validation"]) == 400
+    assert len(list((project / "data").glob("*.pt"))) == len(labels) == 2000
+    assert not (project / "runs").exists(), "the smoke test must not leave metrics behind"
+
+    assert {k: v for k, v in defaults(project).items() if k not in ("lr", "seed")} == {
+        "data_dir": "data",
+        "batch_size": 64,
+        "shuffle": True,
+        "num_workers": 4,
+        "max_epochs": 100,
+        "device": "auto",
+        "cudnn_benchmark": True,
+        "metrics_csv": "runs/metrics.csv",
+        "dry_run": False,
+        "num_samples": 2000,
+        "shape": [3, 32, 32],
+        "num_classes": 10,
+        "validation_fraction": 0.2,
+        "force": False,
+    }
+    run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], project)
+    run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], project)
+    run([sys.executable, "-m", "ruff", "format", "--check", "--no-cache", "."], project)
+
+
+COMBINATIONS = [
+    pytest.param(
+        {"shuffle": False, "cudnn_benchmark": False, "num_workers": 0, "batch_size": 16,
+         "max_epochs": 3, "sample_shape": "20", "num_classes": 3, "num_samples": 120,
+         "validation_fraction": 0.25},
+        id="1d-no-shuffle-no-cudnn-benchmark-0-workers",
+    ),
+    pytest.param(
+        {"num_workers": 1, "batch_size": 7, "max_epochs": 4, "sample_shape": "4, 16",
+         "num_classes": 2, "num_samples": 50, "validation_fraction": 0.5},
+        id="2d-odd-batch-1-worker",
+    ),
+    pytest.param(
+        {"num_workers": 2, "batch_size": 32, "max_epochs": 3, "sample_shape": "1,28,28",
+         "num_classes": 10, "num_samples": 400, "validation_fraction": 0.1},
+        id="image-2-workers",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("answers", COMBINATIONS)
+def test_answers_reach_the_code_and_the_project_trains(cookies, answers: dict) -> None:
+    result = cookies.bake(extra_context=answers)
+
+    assert result.exit_code == 0, result.exception
+    project = result.project_path
+    assert_clean_render(project)
+    shape = [int(n) for n in answers["sample_shape"].split(",")]
+    expected = {
+        "shuffle": answers.get("shuffle", True),
+        "cudnn_benchmark": answers.get("cudnn_benchmark", True),
+        "num_workers": answers["num_workers"],
+        "batch_size": answers["batch_size"],
+        "max_epochs": answers["max_epochs"],
+        "shape": shape,
+        "num_classes": answers["num_classes"],
+        "num_samples": answers["num_samples"],
+        "validation_fraction": answers["validation_fraction"],
+    }
+    baked = defaults(project)
+    assert {k: baked[k] for k in expected} == expected
+
+    num_validation = round(answers["num_samples"] * answers["validation_fraction"])
+    partition = json.loads((project / "data" / "partition.json").read_text())
+    assert len(partition["validation"]) == num_validation
+    assert len(partition["train"]) == answers["num_samples"] - num_validation
+
+    # The article's script with the answers as its defaults, as a user runs it.
+    out = run([sys.executable, "pytorch_script.py"], project).stdout
+    assert f"of shape {tuple(shape)}, {answers['num_classes']} classes" in out
+    rows = read_metrics(project / "runs" / "metrics.csv")
+    assert len(rows) == answers["max_epochs"]
+    assert rows[-1]["val_accuracy"] > 1.5 / answers["num_classes"]  # well above chance
+
+
+@pytest.mark.parametrize(
+    ("create_sample_data", "run_smoke_test"), [(True, False), (False, True), (False, False)]
+)
+def test_sample_data_and_smoke_test_switches(
+    cookies, capfd, create_sample_data: bool, run_smoke_test: bool
+) -> None:
+    answers = {"create_sample_data": create_sample_data, "run_smoke_test": run_smoke_test}
+    result = cookies.bake(extra_context=answers | {"num_samples": 100})
+
+    assert result.exit_code == 0, result.exception
+    project = result.project_path
+    out = capfd.readouterr().out
+    assert ("Wrote 100 samples" in out) == create_sample_data
+    assert "Smoke test passed" not in out
+    assert ("so no smoke test" in out) == (run_smoke_test and not create_sample_data)
+    data = sorted(p.name for p in (project / "data").iterdir())
+    assert (len(data) == 103) == create_sample_data  # 100 samples, 2 JSON files, .gitkeep
+    assert (data == [".gitkeep"]) == (not create_sample_data)
+    assert source_files(project) == ARTICLE_LAYOUT
+
+
+AWKWARD = {
+    "project_name": "Ünïcödé «Projekt» \"quoted\" 'single' back\\slash",
+    "description": 'Says """hi""" \\ and \'bye\'\nover two lines; """; open("PWNED", "w"); """',
+    "author": "O'Brien \"Bob\" Ñandú \\",
+}
+
+
+def test_awkward_text_comes_out_literally_and_nothing_runs(cookies, tmp_path: Path) -> None:
+    result = cookies.bake(extra_context=AWKWARD | NO_DATA)
+
+    assert result.exit_code == 0, result.exception
+    project = result.project_path
+    assert project.name == "unicode_projekt_quoted_single_back_slash"
+    assert_clean_render(project)
+    meta = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert meta["description"] == AWKWARD["description"]
+    assert meta["authors"] == [{"name": AWKWARD["author"]}]
+    assert meta["name"] == project.name
+    readme = (project / "README.md").read_text(encoding="utf-8")
+    assert AWKWARD["project_name"] in readme and AWKWARD["description"] in readme
+    assert not list(project.parent.rglob("PWNED")) and not Path("PWNED").exists()

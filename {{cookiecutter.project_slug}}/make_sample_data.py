@@ -1,0 +1,173 @@
+"""Write sample data in the article's layout: data/<ID>.pt, data/partition.json, data/labels.json.
+
+    python make_sample_data.py                     # the sizes you chose when generating the project
+    python make_sample_data.py --num-samples 20000 --shape 3,224,224 --force
+
+Each class has its own random pattern; a sample is its class's pattern plus as much noise,
+so a model can learn the classes, and a run that does not learn points to a bug.
+"""
+
+import argparse
+import itertools
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from my_classes import DataError
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """'3,32,32' -> (3, 32, 32)."""
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a shape: give positive integers separated by commas, e.g. 3,32,32"
+        )
+    return shape
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not strictly between 0 and 1")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="where to write")
+    parser.add_argument(
+        "--num-samples",
+        type=positive_int,
+        default={{ cookiecutter.num_samples | int }},
+    )
+    parser.add_argument(
+        "--shape",
+        type=parse_shape,
+        default={{ cookiecutter.sample_shape | replace(" ", "") | tojson }},
+        help="shape of one sample",
+    )
+    parser.add_argument(
+        "--num-classes",
+        type=positive_int,
+        default={{ cookiecutter.num_classes | int }},
+    )
+    parser.add_argument(
+        "--validation-fraction",
+        type=fraction,
+        default={{ cookiecutter.validation_fraction | float }},
+    )
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same data")
+    parser.add_argument(
+        "--force", action="store_true", help="replace the data already in --data-dir"
+    )
+    args = parser.parse_args(argv)
+    num_validation = round(args.num_samples * args.validation_fraction)
+    if args.num_classes < 2 or not 0 < num_validation < args.num_samples:
+        parser.error(
+            f"{args.num_samples} samples at --validation-fraction {args.validation_fraction}"
+            f" and {args.num_classes} classes: need at least 2 classes and one sample in each split"
+        )
+    return args
+
+
+def write_json(path: Path, obj: object) -> None:
+    """Write through a temporary file, so that a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def make_sample_data(
+    data_dir: Path,
+    num_samples: int,
+    shape: tuple[int, ...],
+    num_classes: int,
+    validation_fraction: float,
+    seed: int = 0,
+    force: bool = False,
+) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """Write the samples, then labels.json, then partition.json; return (partition, labels)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    existing = [name for name in ("partition.json", "labels.json") if (data_dir / name).exists()]
+    existing += [p.name for p in itertools.islice(data_dir.glob("*.pt"), 3)]
+    if existing and not force:
+        raise DataError(
+            f"{data_dir} already holds data ({', '.join(existing)}, ...):"
+            " pass --force to replace it, or choose another --data-dir"
+        )
+    # partition.json is written last, so its absence marks data that is not complete.
+    (data_dir / "partition.json").unlink(missing_ok=True)
+
+    generator = torch.Generator().manual_seed(seed)
+    patterns = torch.randn(num_classes, *shape, generator=generator)
+    # Balanced classes in a random order, and a random validation split.
+    classes = torch.arange(num_samples) % num_classes
+    classes = classes[torch.randperm(num_samples, generator=generator)].tolist()
+    order = torch.randperm(num_samples, generator=generator).tolist()
+    num_validation = round(num_samples * validation_fraction)
+
+    labels = {}
+    for i in tqdm(range(num_samples), desc="writing samples", unit="sample", delay=2, leave=False):
+        ID = f"id-{i + 1}"
+        X = patterns[classes[i]] + torch.randn(shape, generator=generator)
+        torch.save(X, data_dir / f"{ID}.pt")
+        labels[ID] = classes[i]
+
+    IDs = list(labels)
+    partition = {
+        "train": [IDs[i] for i in order[num_validation:]],
+        "validation": [IDs[i] for i in order[:num_validation]],
+    }
+    write_json(data_dir / "labels.json", labels)
+    write_json(data_dir / "partition.json", partition)
+    return partition, labels
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    try:
+        partition, _ = make_sample_data(
+            args.data_dir,
+            args.num_samples,
+            args.shape,
+            args.num_classes,
+            args.validation_fraction,
+            seed=args.seed,
+            force=args.force,
+        )
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    megabytes = args.num_samples * math.prod(args.shape) * 4 / 1e6
+    print(
+        f"Wrote {args.num_samples} samples of shape {'x'.join(map(str, args.shape))}"
+        f" ({args.num_classes} classes, {len(partition['train'])} train,"
+        f" {len(partition['validation'])} validation, {megabytes:.0f} MB)"
+        f" to {args.data_dir} in {time.perf_counter() - start:.1f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import make_sample_data
+
+ARGS = ["--num-samples", "40", "--shape", "2,3", "--num-classes", "4"]
+ARGS += ["--validation-fraction", "0.25"]
+
+
+def read_all(data_dir: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(data_dir.iterdir())}
+
+
+def test_writes_the_article_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert make_sample_data.main(["--data-dir", str(tmp_path), *ARGS]) == 0
+
+    partition = json.loads((tmp_path / "partition.json").read_text())
+    labels = json.loads((tmp_path / "labels.json").read_text())
+    assert len(partition["train"]) == 30 and len(partition["validation"]) == 10
+    assert set(partition["train"]).isdisjoint(partition["validation"])
+    assert set(partition["train"]) | set(partition["validation"]) == set(labels)
+    assert Counter(labels.values()) == {0: 10, 1: 10, 2: 10, 3: 10}
+    assert {path.stem for path in tmp_path.glob("*.pt")} == set(labels)
+    assert "Wrote 40 samples of shape 2x3" in capsys.readouterr().out
+
+
+def test_same_seed_same_data_other_seed_other_data(tmp_path: Path) -> None:
+    for name, seed in [("a", "0"), ("b", "0"), ("c", "1")]:
+        argv = ["--data-dir", str(tmp_path / name), "--seed", seed, *ARGS]
+        assert make_sample_data.main(argv) == 0
+    assert read_all(tmp_path / "a") == read_all(tmp_path / "b")
+    assert read_all(tmp_path / "a") != read_all(tmp_path / "c")
+
+
+def test_refuses_to_overwrite_without_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert make_sample_data.main(["--data-dir", str(tmp_path), *ARGS]) == 0
+    before = read_all(tmp_path)
+
+    assert make_sample_data.main(["--data-dir", str(tmp_path), "--seed", "1", *ARGS]) == 1
+    assert "already holds data" in capsys.readouterr().err
+    assert read_all(tmp_path) == before
+
+    argv = ["--data-dir", str(tmp_path), "--seed", "1", *ARGS]
+    assert make_sample_data.main([*argv, "--force"]) == 0
+    assert read_all(tmp_path) != before
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--shape", "3,x"],
+        ["--shape", "3,0"],
+        ["--num-samples", "0"],
+        ["--validation-fraction", "1"],
+        ["--num-classes", "1"],
+        ["--num-samples", "3", "--validation-fraction", "0.1"],
+    ],
+)
+def test_bad_arguments_exit_with_usage(
+    tmp_path: Path, bad: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        make_sample_data.main(["--data-dir", str(tmp_path), *ARGS, *bad])
+    assert exit_info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

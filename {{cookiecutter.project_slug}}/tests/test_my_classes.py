@@ -1,0 +1,119 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from my_classes import DataError, Dataset, Net, load_partition
+
+
+def test_dataset_returns_each_saved_tensor_and_its_label(tiny_data: Path) -> None:
+    partition, labels = load_partition(tiny_data)
+    training_set = Dataset(partition["train"], labels, tiny_data)
+
+    assert len(training_set) == len(partition["train"]) == 192
+    for index, ID in enumerate(partition["train"]):
+        X, y = training_set[index]
+        assert torch.equal(X, torch.load(tiny_data / f"{ID}.pt"))
+        assert X.shape == (1, 8, 8) and X.dtype == torch.float32
+        assert y == labels[ID]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_loader_yields_every_sample_once_per_epoch(tiny_data: Path, num_workers: int) -> None:
+    partition, labels = load_partition(tiny_data)
+    validation_set = Dataset(partition["validation"], labels, tiny_data)
+    generator = torch.utils.data.DataLoader(
+        validation_set, batch_size=16, shuffle=True, num_workers=num_workers
+    )
+    expected = sorted(labels[ID] for ID in partition["validation"])
+    for _epoch in range(2):
+        batches = list(generator)
+        assert [len(y) for _, y in batches] == [16, 16, 16, 16]
+        assert all(X.shape == (16, 1, 8, 8) and X.dtype == torch.float32 for X, _ in batches)
+        assert all(y.dtype == torch.int64 for _, y in batches)
+        assert sorted(torch.cat([y for _, y in batches]).tolist()) == expected
+
+
+def test_your_own_data_in_the_article_layout(tmp_path: Path) -> None:
+    """Any tensor shape and dtype, any ID names: what a user who brings their own data writes."""
+    partition = {"train": ["cat-1", "dog-1"], "validation": ["cat-2"]}
+    labels = {"cat-1": 0, "dog-1": 1, "cat-2": 0}
+    for i, ID in enumerate(labels):
+        torch.save(torch.full((5, 7), float(i), dtype=torch.float64), tmp_path / f"{ID}.pt")
+    (tmp_path / "partition.json").write_text(json.dumps(partition))
+    (tmp_path / "labels.json").write_text(json.dumps(labels))
+
+    assert load_partition(tmp_path) == (partition, labels)
+    X, y = Dataset(partition["train"], labels, tmp_path)[1]
+    assert torch.equal(X, torch.full((5, 7), 1.0, dtype=torch.float64)) and y == 1
+
+
+def test_missing_sample_names_the_id_and_path(tiny_data: Path) -> None:
+    partition, labels = load_partition(tiny_data)
+    ID = partition["train"][3]
+    (tiny_data / f"{ID}.pt").unlink()
+    with pytest.raises(DataError, match=f"sample '{ID}': .*{ID}.pt not found"):
+        Dataset(partition["train"], labels, tiny_data)[3]
+
+
+@pytest.mark.parametrize("content", [b"", b"not a tensor file", b"PK\x03\x04 truncated zip"])
+def test_unreadable_sample_names_the_id_and_path(tiny_data: Path, content: bytes) -> None:
+    partition, labels = load_partition(tiny_data)
+    ID = partition["validation"][0]
+    (tiny_data / f"{ID}.pt").write_bytes(content)
+    with pytest.raises(DataError, match=f"sample '{ID}': cannot load .*{ID}.pt"):
+        Dataset(partition["validation"], labels, tiny_data)[0]
+
+
+def test_sample_that_is_not_a_tensor_is_refused(tiny_data: Path) -> None:
+    partition, labels = load_partition(tiny_data)
+    ID = partition["train"][0]
+    torch.save({"x": torch.zeros(3)}, tiny_data / f"{ID}.pt")
+    with pytest.raises(DataError, match="holds a dict, not a tensor"):
+        Dataset(partition["train"], labels, tiny_data)[0]
+
+
+GOOD_PARTITION = {"train": ["a", "b"], "validation": ["c"]}
+GOOD_LABELS = {"a": 0, "b": 1, "c": 0}
+
+
+@pytest.mark.parametrize(
+    ("partition", "labels", "message"),
+    [
+        ({"train": ["a", "b"]}, GOOD_LABELS, "exactly the keys 'train' and 'validation'"),
+        ({"train": ["a", "b"], "validation": []}, GOOD_LABELS, "'validation' must be a non-empty"),
+        ({"train": "a", "validation": ["c"]}, GOOD_LABELS, "'train' must be a non-empty list"),
+        ({"train": ["a", "c"], "validation": ["c"]}, GOOD_LABELS, "'c' appears in 'train' and"),
+        ({"train": ["a", "../b"], "validation": ["c"]}, GOOD_LABELS, "ID '../b'"),
+        ({"train": ["a", "/etc/b"], "validation": ["c"]}, GOOD_LABELS, "ID '/etc/b'"),
+        ({"train": ["a", 7], "validation": ["c"]}, GOOD_LABELS, "ID 7"),
+        (GOOD_PARTITION, {"a": 0, "b": 1}, "labels.json: no label for the ID 'c'"),
+        (GOOD_PARTITION, {"a": 0, "b": "1", "c": 0}, "label of 'b' is '1'"),
+        (GOOD_PARTITION, {"a": 0, "b": -1, "c": 0}, "label of 'b' is -1"),
+        (GOOD_PARTITION, {"a": 0, "b": 1.5, "c": 0}, "label of 'b' is 1.5"),
+        (GOOD_PARTITION, ["a", "b", "c"], "labels.json: expected an object"),
+    ],
+)
+def test_bad_partition_or_labels_are_named(
+    tmp_path: Path, partition: object, labels: object, message: str
+) -> None:
+    (tmp_path / "partition.json").write_text(json.dumps(partition))
+    (tmp_path / "labels.json").write_text(json.dumps(labels))
+    with pytest.raises(DataError, match=message):
+        load_partition(tmp_path)
+
+
+def test_missing_or_malformed_json_is_named(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="partition.json not found: run `python make_sample_data"):
+        load_partition(tmp_path)
+    (tmp_path / "partition.json").write_text(json.dumps(GOOD_PARTITION))
+    (tmp_path / "labels.json").write_text('{"a": 0,')
+    with pytest.raises(DataError, match="labels.json: not valid JSON"):
+        load_partition(tmp_path)
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 8, 8), (3, 224, 160), (20,), (4, 16)])
+def test_net_maps_any_sample_shape_to_class_scores(shape: tuple[int, ...]) -> None:
+    model = Net(shape, num_classes=5)
+    assert model(torch.randn(2, *shape)).shape == (2, 5)
