@@ -1,9 +1,8 @@
-"""Write the sample data and run a one-epoch smoke test, both in this one process (torch loads once)."""
+"""Write the sample data and run a one-epoch smoke test, both in this process: torch loads once."""
 
 import contextlib
 import csv
 import importlib
-import importlib.util
 import io
 import json
 import sys
@@ -34,7 +33,9 @@ def smoke_test(pytorch_script) -> float:
             code = traceback.format_exc()
         if code != 0:
             print(output.getvalue() + (code if isinstance(code, str) else ""), file=sys.stderr)
-            raise RuntimeError(f"`python pytorch_script.py {' '.join(argv[:4])}` failed (output above)")
+            raise RuntimeError(
+                f"`python pytorch_script.py {' '.join(argv[:4])}` failed (output above)"
+            )
         with open(metrics_csv, newline="", encoding="utf-8") as f:
             return float(list(csv.DictReader(f))[-1]["val_accuracy"])
 
@@ -42,17 +43,17 @@ def smoke_test(pytorch_script) -> float:
 def main() -> int:
     if not (ANSWERS["create_sample_data"] or ANSWERS["run_smoke_test"]):
         return 0
-    missing = [name for name in ("torch", "tqdm") if importlib.util.find_spec(name) is None]
-    if missing:
+    sys.path.insert(0, str(PROJECT))
+    sys.dont_write_bytecode = True  # leave no __pycache__ in the new project
+    try:  # torch loads once, here, for both steps
+        make_sample_data = importlib.import_module("make_sample_data")
+        pytorch_script = importlib.import_module("pytorch_script")
+    except ImportError as err:  # e.g. cookiecutter installed with pipx, torch elsewhere
         print(
-            f"{' and '.join(missing)} not installed for {sys.executable}, so no sample data"
-            f" or smoke test yet. The project is ready; to finish:\n{LATER}"
+            f"No sample data or smoke test yet: {sys.executable} cannot import what the project"
+            f" needs ({err}). The project is ready; to finish:\n{LATER}"
         )
         return 0
-
-    sys.path.insert(0, str(PROJECT))
-    make_sample_data = importlib.import_module("make_sample_data")
-    pytorch_script = importlib.import_module("pytorch_script")
 
     if ANSWERS["create_sample_data"]:
         if (PROJECT / "data" / "partition.json").exists():
@@ -63,7 +64,7 @@ def main() -> int:
 
     if ANSWERS["run_smoke_test"]:
         if not (PROJECT / "data" / "partition.json").exists():
-            print(f"No data in {PROJECT / 'data'}, so no smoke test. Once it has some, run:\n{LATER}")
+            print(f"No data in {PROJECT / 'data'}, so no smoke test. Once it has data:\n{LATER}")
             return 0
         start = time.perf_counter()
         try:

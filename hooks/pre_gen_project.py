@@ -18,7 +18,7 @@ WHOLE = re.compile(r"[0-9]+")
 
 def check_slug(slug: str) -> str | None:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", slug):
-        return "use ASCII letters, digits and underscores, not starting with a digit (e.g. my_project)"
+        return "use ASCII letters, digits and underscores, not a digit first (e.g. my_project)"
     if keyword.iskeyword(slug) or keyword.issoftkeyword(slug):
         return "it is a Python keyword"
     if slug.lower() in sys.stdlib_module_names or slug.lower() in TAKEN:

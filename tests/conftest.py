@@ -11,19 +11,24 @@ ROOT = Path(__file__).resolve().parents[1]
 NO_DATA = {"create_sample_data": False, "run_smoke_test": False}
 
 
-def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run a command; on failure, show everything it printed."""
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, (
+        f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    )
     return result
 
 
 def defaults(project: Path) -> dict:
     """The command-line defaults of the baked scripts, read in a fresh Python."""
     code = (
-        "import json, make_sample_data, pytorch_script;"
-        "a = vars(pytorch_script.parse_args([])) | vars(make_sample_data.parse_args([]));"
-        "print(json.dumps({k: v if isinstance(v, (int, float, bool)) else list(v) if isinstance(v, tuple) else str(v) for k, v in a.items()}))"
+        "import json, make_sample_data, pytorch_script\n"
+        "a = vars(pytorch_script.parse_args([])) | vars(make_sample_data.parse_args([]))\n"
+        "a['shape'] = list(a['shape'])\n"
+        "print(json.dumps(a, default=str))"
     )
     return json.loads(run([sys.executable, "-c", code], project).stdout)
 

@@ -1,4 +1,4 @@
-"""Bake the template with pytest-cookies and run what it bakes: every answer ends in a training run."""
+"""Bake the template with pytest-cookies and run what it bakes: every answer ends in training."""
 
 import ast
 import csv
@@ -175,7 +175,7 @@ def test_sample_data_and_smoke_test_switches(
 AWKWARD = {
     "project_name": "Ünïcödé «Projekt» \"quoted\" 'single' back\\slash",
     "description": 'Says """hi""" \\ and \'bye\'\nover two lines; """; open("PWNED", "w"); """',
-    "author": "O'Brien \"Bob\" Ñandú \\",
+    "author": 'O\'Brien "Bob" Ñandú \\',
 }
 
 

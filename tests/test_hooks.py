@@ -1,0 +1,144 @@
+"""The hooks: bad answers are refused before anything is written; the smoke test tells the truth."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cookiecutter.exceptions import FailedHookException
+from cookiecutter.main import cookiecutter
+
+from conftest import NO_DATA, ROOT
+
+BAD_ANSWERS = [
+    ("project_slug", "my-proj"),
+    ("project_slug", "1abc"),
+    ("project_slug", "has space"),
+    ("project_slug", "class"),
+    ("project_slug", "match"),
+    ("project_slug", "email"),
+    ("project_slug", "json"),
+    ("project_slug", "torch"),
+    ("project_slug", "numpy"),
+    ("project_slug", "data"),
+    ("project_slug", "tests"),
+    ("project_slug", "café"),
+    ("batch_size", "0"),
+    ("batch_size", "sixty-four"),
+    ("num_workers", "-1"),
+    ("num_workers", "2.5"),
+    ("max_epochs", "0"),
+    ("sample_shape", "3,x,32"),
+    ("sample_shape", "3,0,32"),
+    ("sample_shape", "3,,32"),
+    ("sample_shape", ""),
+    ("num_classes", "1"),
+    ("num_samples", "1"),
+    ("validation_fraction", "0"),
+    ("validation_fraction", "1"),
+    ("validation_fraction", "-0.2"),
+    ("validation_fraction", "a fifth"),
+    ("validation_fraction", "nan"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_ANSWERS)
+def test_bad_answer_is_named_and_nothing_is_written(
+    tmp_path: Path, config_file: Path, capfd, name: str, value: str
+) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(FailedHookException):
+        cookiecutter(
+            str(ROOT),
+            no_input=True,
+            extra_context={name: value},
+            output_dir=str(out),
+            config_file=str(config_file),
+        )
+    err = capfd.readouterr().err
+    assert f"error: {name}={value!r}: " in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert list(out.iterdir()) == []
+
+
+def test_a_split_left_empty_is_refused(tmp_path: Path, config_file: Path, capfd) -> None:
+    with pytest.raises(FailedHookException):
+        cookiecutter(
+            str(ROOT),
+            no_input=True,
+            extra_context={"num_samples": "3", "validation_fraction": "0.1"},
+            output_dir=str(tmp_path / "out"),
+            config_file=str(config_file),
+        )
+    assert "validation_fraction='0.1': leaves a split of 3 samples empty" in capfd.readouterr().err
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def cookiecutter_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "cookiecutter", str(ROOT), "--no-input", *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_without_torch_the_project_is_kept_with_the_commands_to_finish(
+    tmp_path: Path, config_file: Path
+) -> None:
+    """As with pipx: the Python that runs cookiecutter has no torch."""
+    fake = tmp_path / "fake"
+    (fake / "torch").mkdir(parents=True)
+    (fake / "torch" / "__init__.py").write_text("raise ImportError('No module named torch')\n")
+    env = os.environ | {"PYTHONPATH": str(fake)}
+
+    result = cookiecutter_cli("--config-file", str(config_file), cwd=tmp_path, env=env)
+
+    assert result.returncode == 0, result.stderr
+    project = tmp_path / "my_pytorch_project"
+    assert f"{sys.executable} cannot import what the project needs (No module named torch)" in (
+        result.stdout
+    )
+    finish = f"cd {project}\n  python -m pip install -e .\n  python make_sample_data.py"
+    assert finish in result.stdout
+    assert sorted(p.name for p in (project / "data").iterdir()) == [".gitkeep"]
+    assert (project / "pytorch_script.py").exists()
+
+
+@pytest.mark.slow
+def test_a_failing_smoke_test_fails_the_run_and_keeps_the_users_files(
+    tmp_path: Path, config_file: Path
+) -> None:
+    """Regenerating over a project (-f) whose data is broken: the smoke test names the problem."""
+    project = tmp_path / "my_pytorch_project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "partition.json").write_text('{"train": ["id-1"],')
+    (project / "notes.txt").write_text("my notes")
+
+    result = cookiecutter_cli("-f", "--config-file", str(config_file), cwd=tmp_path)
+
+    assert result.returncode != 0
+    assert "Kept the data already in" in result.stdout
+    assert "partition.json: not valid JSON" in result.stderr
+    assert "error: smoke test: `python pytorch_script.py --max-epochs 1" in result.stderr
+    assert (project / "notes.txt").read_text() == "my notes"
+    assert (project / "data" / "partition.json").read_text() == '{"train": ["id-1"],'
+
+
+@pytest.mark.slow
+def test_existing_sample_data_is_kept_and_smoke_tested(tmp_path: Path, config_file: Path) -> None:
+    first = cookiecutter_cli("--config-file", str(config_file), "num_samples=200", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    labels = tmp_path / "my_pytorch_project" / "data" / "labels.json"
+    before = labels.read_bytes()
+
+    again = cookiecutter_cli("-f", "--config-file", str(config_file), cwd=tmp_path)
+
+    assert again.returncode == 0, again.stderr
+    assert "Kept the data already in" in again.stdout and "Smoke test passed" in again.stdout
+    assert labels.read_bytes() == before
+
+
+def test_no_data_no_smoke_answers_need_no_torch_at_all(tmp_path: Path, config_file: Path) -> None:
+    result = cookiecutter_cli(
+        "--config-file", str(config_file), *(f"{k}={v}" for k, v in NO_DATA.items()), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
