@@ -63,15 +63,15 @@ def test_defaults_make_data_pass_the_smoke_test_own_tests_and_ruff(cookies, capf
     project = result.project_path
     assert project.name == "my_pytorch_project"
     out = capfd.readouterr().out
-    assert "Wrote 2000 samples of shape 3x32x32 (10 classes, 1600 train, 400 validation" in out
+    assert "Wrote 1000 samples of shape 3x32x32 (10 classes, 800 train, 200 validation" in out
     assert "Smoke test passed in" in out and "validation accuracy" in out
     assert source_files(project) == ARTICLE_LAYOUT
     assert_clean_render(project)
 
     partition = json.loads((project / "data" / "partition.json").read_text())
     labels = json.loads((project / "data" / "labels.json").read_text())
-    assert len(partition["train"]) == 1600 and len(partition["validation"]) == 400
-    assert len(list((project / "data").glob("*.pt"))) == len(labels) == 2000
+    assert len(partition["train"]) == 800 and len(partition["validation"]) == 200
+    assert len(list((project / "data").glob("*.pt"))) == len(labels) == 1000
     assert not (project / "runs").exists(), "the smoke test must not leave metrics behind"
 
     assert {k: v for k, v in defaults(project).items() if k not in ("lr", "seed")} == {
@@ -84,7 +84,7 @@ def test_defaults_make_data_pass_the_smoke_test_own_tests_and_ruff(cookies, capf
         "cudnn_benchmark": True,
         "metrics_csv": "runs/metrics.csv",
         "dry_run": False,
-        "num_samples": 2000,
+        "num_samples": 1000,
         "shape": [3, 32, 32],
         "num_classes": 10,
         "validation_fraction": 0.2,

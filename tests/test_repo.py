@@ -1,0 +1,45 @@
+"""The repository keeps its promises: CI runs the README's test command; the code passes ruff."""
+
+import re
+import sys
+
+import yaml
+
+from conftest import ROOT, run
+
+
+def readme_commands() -> list[str]:
+    """The one-line commands in the README's "The two commands" section."""
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("## The two commands")[1]
+    section = section.split("\n## ")[0]
+    return re.findall(r"```bash\n(python -m pip install -r [^\n]+)\n```", section)
+
+
+def test_readme_has_the_generate_and_the_test_command() -> None:
+    assert readme_commands() == [
+        "python -m pip install -r requirements.txt && cookiecutter . --no-input",
+        "python -m pip install -r requirements-dev.txt && python -m pytest",
+    ]
+
+
+def test_ci_runs_the_readmes_test_command() -> None:
+    test_command = readme_commands()[1]
+    ci_run = (ROOT / ".ci" / "run").read_text()
+    assert test_command in ci_run.splitlines()
+
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    steps = workflow["jobs"]["template"]["steps"]
+    assert test_command in [step.get("run") for step in steps]
+    matrix = workflow["jobs"]["template"]["strategy"]["matrix"]["python-version"]
+    assert matrix == ["3.10", "3.11", "3.12", "3.13"]
+
+
+def test_torch_is_pinned_wherever_it_is_installed() -> None:
+    """An unpinned torch can pull a multi-GB CUDA build."""
+    requirements = (ROOT / "requirements.txt").read_text().splitlines()
+    assert [line for line in requirements if line.startswith("torch")] == ["torch==2.13.0"]
+
+
+def test_hooks_tests_and_benchmarks_pass_ruff() -> None:
+    run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], ROOT)
+    run([sys.executable, "-m", "ruff", "format", "--check", "--no-cache", "."], ROOT)
