@@ -5,6 +5,8 @@ import csv
 import importlib
 import io
 import json
+import os
+import shlex
 import sys
 import tempfile
 import time
@@ -14,17 +16,23 @@ from pathlib import Path
 # tojson, then json.loads: an answer is data here, never Python source.
 ANSWERS = json.loads(r"""{{ cookiecutter | tojson }}""")
 PROJECT = Path.cwd()  # cookiecutter runs hooks inside the new project
-LATER = f"""  cd {PROJECT}
+LATER = f"""  cd {shlex.quote(str(PROJECT))}
   python -m pip install -e .
   python make_sample_data.py
   python pytorch_script.py --dry-run"""
 
 
-def smoke_test(pytorch_script) -> float:
-    """One epoch with DataLoader workers; returns the validation accuracy, raises on failure."""
+def shown(path: Path) -> str:
+    """The path from where the user ran cookiecutter (the shell's PWD), if it is below it."""
+    relative = os.path.relpath(path, os.environ.get("PWD", "/"))
+    return shlex.quote(str(path) if relative.startswith("..") else relative)
+
+
+def smoke_test(pytorch_script, run: list[str]) -> float:
+    """Train with DataLoader workers; returns the validation accuracy, raises on failure."""
     with tempfile.TemporaryDirectory() as tmp:
         metrics_csv = Path(tmp) / "metrics.csv"
-        argv = ["--max-epochs", "1", "--num-workers", "2", "--metrics-csv", str(metrics_csv)]
+        argv = [*run, "--num-workers", "2", "--metrics-csv", str(metrics_csv)]
         output = io.StringIO()
         try:
             with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
@@ -34,7 +42,7 @@ def smoke_test(pytorch_script) -> float:
         if code != 0:
             print(output.getvalue() + (code if isinstance(code, str) else ""), file=sys.stderr)
             raise RuntimeError(
-                f"`python pytorch_script.py {' '.join(argv[:4])}` failed (output above)"
+                f"`python pytorch_script.py {' '.join(argv[:-2])}` failed (output above)"
             )
         with open(metrics_csv, newline="", encoding="utf-8") as f:
             return float(list(csv.DictReader(f))[-1]["val_accuracy"])
@@ -55,8 +63,9 @@ def main() -> int:
         )
         return 0
 
+    kept = (PROJECT / "data" / "partition.json").exists()  # regenerated over a project (-f)
     if ANSWERS["create_sample_data"]:
-        if (PROJECT / "data" / "partition.json").exists():
+        if kept:
             print(f"Kept the data already in {PROJECT / 'data'}; no sample data written.")
         elif make_sample_data.main([]) != 0:
             print("error: writing the sample data failed (reason above)", file=sys.stderr)
@@ -67,8 +76,14 @@ def main() -> int:
             print(f"No data in {PROJECT / 'data'}, so no smoke test. Once it has data:\n{LATER}")
             return 0
         start = time.perf_counter()
+        # One epoch of sample data takes seconds; one of the user's own data could take hours.
+        run, what = (
+            (["--dry-run"], "two batches per split")
+            if kept
+            else (["--max-epochs", "1"], "one epoch")
+        )
         try:
-            val_accuracy = smoke_test(pytorch_script)
+            val_accuracy = smoke_test(pytorch_script, run)
         except Exception as err:
             print(
                 f"error: smoke test: {err}. Add --keep-project-on-failure to keep the project",
@@ -78,9 +93,9 @@ def main() -> int:
         _, labels = importlib.import_module("my_classes").load_partition(PROJECT / "data")
         chance = 1 / (max(labels.values()) + 1)
         print(
-            f"Smoke test passed in {time.perf_counter() - start:.1f} s: one epoch with DataLoader"
+            f"Smoke test passed in {time.perf_counter() - start:.1f} s: {what} with DataLoader"
             f" workers, validation accuracy {val_accuracy:.2f} (chance {chance:.2f})."
-            f" Next: cd {PROJECT.name} && python pytorch_script.py"
+            f" Next: cd {shown(PROJECT)} && python pytorch_script.py"
         )
     return 0
 

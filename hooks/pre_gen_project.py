@@ -9,16 +9,28 @@ import sys
 ANSWERS = json.loads(r"""{{ cookiecutter | tojson }}""")
 
 # Names a generated project imports or is made of: a project named like one would shadow it.
+# (pip install -e . would also put the project in place of a package of that name.)
 TAKEN = {
-    "torch", "tqdm", "numpy", "pytest", "setuptools", "pip",
-    "my_classes", "pytorch_script", "make_sample_data", "data", "runs", "tests",
+    "torch", "tqdm", "numpy", "pytest", "ruff", "setuptools", "pip",
+    "sympy", "networkx", "filelock", "jinja2", "fsspec", "typing_extensions", "mpmath",
+    "my_classes", "pytorch_script", "make_sample_data", "pack_data", "bench_loader",
+    "data", "runs", "tests", "checkpoints",
 }  # fmt: skip
 WHOLE = re.compile(r"[0-9]+")
 
 
+def check_text(text: object) -> str | None:
+    if any(ord(c) < 32 and c not in "\n\t" or ord(c) == 127 for c in str(text)):
+        return "holds a control character; use plain text"
+    return None
+
+
 def check_slug(slug: str) -> str | None:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", slug):
-        return "use ASCII letters, digits and underscores, not a digit first (e.g. my_project)"
+        return (
+            "use ASCII letters, digits and underscores, not a digit first (e.g. my_project);"
+            " it is made from project_name unless you give project_slug"
+        )
     if keyword.iskeyword(slug) or keyword.issoftkeyword(slug):
         return "it is a Python keyword"
     if slug.lower() in sys.stdlib_module_names or slug.lower() in TAKEN:
@@ -53,19 +65,30 @@ def check_fraction(value: object) -> str | None:
     return None
 
 
+def check_num_classes(value: object) -> str | None:
+    problem = check_int(value, 2)
+    if problem is None and check_int(ANSWERS["num_samples"], 2) is None:
+        if int(str(value)) > int(str(ANSWERS["num_samples"])):
+            return f"more classes than the {ANSWERS['num_samples']} samples"
+    return problem
+
+
 def check_bool(value: object) -> str | None:
     return None if isinstance(value, bool) else "must be true or false"
 
 
 CHECKS = {
+    "project_name": check_text,
     "project_slug": check_slug,
+    "description": check_text,
+    "author": check_text,
     "batch_size": lambda v: check_int(v, 1),
     "shuffle": check_bool,
     "num_workers": lambda v: check_int(v, 0),
     "max_epochs": lambda v: check_int(v, 1),
     "cudnn_benchmark": check_bool,
     "sample_shape": check_shape,
-    "num_classes": lambda v: check_int(v, 2),
+    "num_classes": check_num_classes,
     "num_samples": lambda v: check_int(v, 2),
     "validation_fraction": check_fraction,
     "create_sample_data": check_bool,

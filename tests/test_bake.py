@@ -22,11 +22,16 @@ ARTICLE_LAYOUT = {
     "my_classes.py",
     "pytorch_script.py",
     "make_sample_data.py",
+    "pack_data.py",
+    "bench_loader.py",
     "data/.gitkeep",
     "tests/conftest.py",
     "tests/test_my_classes.py",
     "tests/test_make_sample_data.py",
     "tests/test_pytorch_script.py",
+    "tests/test_packed.py",
+    "tests/test_loader_settings.py",
+    "tests/test_bench_loader.py",
 }
 
 
@@ -74,13 +79,15 @@ def test_defaults_make_data_pass_the_smoke_test_own_tests_and_ruff(cookies, capf
     assert len(list((project / "data").glob("*.pt"))) == len(labels) == 1000
     assert not (project / "runs").exists(), "the smoke test must not leave metrics behind"
 
-    assert {k: v for k, v in defaults(project).items() if k not in ("lr", "seed")} == {
+    baked = {k: v for k, v in defaults(project).items() if k not in ("lr", "seed", "device")}
+    assert baked == {
         "data_dir": "data",
         "batch_size": 64,
         "shuffle": True,
         "num_workers": 4,
+        "prefetch_factor": 2,
+        "data_format": "auto",
         "max_epochs": 100,
-        "device": "auto",
         "cudnn_benchmark": True,
         "metrics_csv": "runs/metrics.csv",
         "dry_run": False,
@@ -174,8 +181,8 @@ def test_sample_data_and_smoke_test_switches(
 
 AWKWARD = {
     "project_name": "Ünïcödé «Projekt» \"quoted\" 'single' back\\slash",
-    "description": 'Says """hi""" \\ and \'bye\'\nover two lines; """; open("PWNED", "w"); """',
-    "author": 'O\'Brien "Bob" Ñandú \\',
+    "description": 'Says """hi""" \\ and \'bye\'\nover\ttwo lines 🚀; """; open("PWNED", "w"); """',
+    "author": 'O\'Brien "Bob" Ñandú 🦙 \\',
 }
 
 

@@ -24,6 +24,10 @@ BAD_ANSWERS = [
     ("project_slug", "data"),
     ("project_slug", "tests"),
     ("project_slug", "café"),
+    ("project_slug", "sympy"),
+    ("project_name", "bell\x07"),
+    ("description", "nul\x00"),
+    ("author", "escape\x1b[1m"),
     ("batch_size", "0"),
     ("batch_size", "sixty-four"),
     ("num_workers", "-1"),
@@ -34,6 +38,7 @@ BAD_ANSWERS = [
     ("sample_shape", "3,,32"),
     ("sample_shape", ""),
     ("num_classes", "1"),
+    ("num_classes", "5000"),
     ("num_samples", "1"),
     ("validation_fraction", "0"),
     ("validation_fraction", "1"),
@@ -84,12 +89,9 @@ def test_without_torch_the_project_is_kept_with_the_commands_to_finish(
     tmp_path: Path, config_file: Path
 ) -> None:
     """As with pipx: the Python that runs cookiecutter has no torch."""
-    fake = tmp_path / "fake"
-    (fake / "torch").mkdir(parents=True)
-    (fake / "torch" / "__init__.py").write_text("raise ImportError('No module named torch')\n")
-    env = os.environ | {"PYTHONPATH": str(fake)}
-
-    result = cookiecutter_cli("--config-file", str(config_file), cwd=tmp_path, env=env)
+    result = cookiecutter_cli(
+        "--config-file", str(config_file), cwd=tmp_path, env=without_torch(tmp_path)
+    )
 
     assert result.returncode == 0, result.stderr
     project = tmp_path / "my_pytorch_project"
@@ -117,7 +119,9 @@ def test_a_failing_smoke_test_fails_the_run_and_keeps_the_users_files(
     assert result.returncode != 0
     assert "Kept the data already in" in result.stdout
     assert "partition.json: not valid JSON" in result.stderr
-    assert "error: smoke test: `python pytorch_script.py --max-epochs 1" in result.stderr
+    assert (
+        "error: smoke test: `python pytorch_script.py --dry-run --num-workers 2`" in result.stderr
+    )
     assert (project / "notes.txt").read_text() == "my notes"
     assert (project / "data" / "partition.json").read_text() == '{"train": ["id-1"],'
 
@@ -132,13 +136,23 @@ def test_existing_sample_data_is_kept_and_smoke_tested(tmp_path: Path, config_fi
     again = cookiecutter_cli("-f", "--config-file", str(config_file), cwd=tmp_path)
 
     assert again.returncode == 0, again.stderr
-    assert "Kept the data already in" in again.stdout and "Smoke test passed" in again.stdout
+    assert "Kept the data already in" in again.stdout
+    assert "Smoke test passed in" in again.stdout and "two batches per split" in again.stdout
     assert labels.read_bytes() == before
 
 
+def without_torch(tmp_path: Path) -> dict[str, str]:
+    """An environment in which `import torch` fails, as in a pipx-installed cookiecutter."""
+    fake = tmp_path / "fake"
+    (fake / "torch").mkdir(parents=True)
+    (fake / "torch" / "__init__.py").write_text("raise ImportError('No module named torch')\n")
+    return os.environ | {"PYTHONPATH": str(fake)}
+
+
 def test_no_data_no_smoke_answers_need_no_torch_at_all(tmp_path: Path, config_file: Path) -> None:
-    result = cookiecutter_cli(
-        "--config-file", str(config_file), *(f"{k}={v}" for k, v in NO_DATA.items()), cwd=tmp_path
-    )
+    no_data = [f"{k}={v}" for k, v in NO_DATA.items()]
+    env = without_torch(tmp_path)
+    result = cookiecutter_cli("--config-file", str(config_file), *no_data, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
+    assert (tmp_path / "my_pytorch_project" / "pytorch_script.py").exists()

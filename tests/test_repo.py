@@ -38,6 +38,8 @@ def test_torch_is_pinned_wherever_it_is_installed() -> None:
     """An unpinned torch can pull a multi-GB CUDA build."""
     requirements = (ROOT / "requirements.txt").read_text().splitlines()
     assert [line for line in requirements if line.startswith("torch")] == ["torch==2.13.0"]
+    workflow = (ROOT / ".github" / "workflows" / "ci.yml").read_text()
+    assert re.findall(r"pip install (torch\S*)", workflow) == ["torch==2.13.0"]
 
 
 def test_hooks_tests_and_benchmarks_pass_ruff() -> None:

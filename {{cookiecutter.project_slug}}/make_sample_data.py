@@ -59,6 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--num-samples",
         type=positive_int,
         default={{ cookiecutter.num_samples | int }},
+        help="sample files to write",
     )
     parser.add_argument(
         "--shape",
@@ -70,11 +71,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--num-classes",
         type=positive_int,
         default={{ cookiecutter.num_classes | int }},
+        help="classes, each with its own pattern",
     )
     parser.add_argument(
         "--validation-fraction",
         type=fraction,
         default={{ cookiecutter.validation_fraction | float }},
+        help="share of the samples in partition['validation']",
     )
     parser.add_argument("--seed", type=int, default=0, help="same seed, same data")
     parser.add_argument(
@@ -82,10 +85,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     num_validation = round(args.num_samples * args.validation_fraction)
-    if args.num_classes < 2 or not 0 < num_validation < args.num_samples:
+    if not 2 <= args.num_classes <= args.num_samples or not 0 < num_validation < args.num_samples:
         parser.error(
             f"{args.num_samples} samples at --validation-fraction {args.validation_fraction}"
-            f" and {args.num_classes} classes: need at least 2 classes and one sample in each split"
+            f" and {args.num_classes} classes: need at least 2 classes, a sample of each class,"
+            " and a sample in each split"
         )
     return args
 
@@ -127,7 +131,10 @@ def make_sample_data(
     num_validation = round(num_samples * validation_fraction)
 
     labels = {}
-    for i in tqdm(range(num_samples), desc="writing samples", unit="sample", delay=2, leave=False):
+    progress = tqdm(
+        range(num_samples), desc="writing", unit="sample", delay=2, leave=False, disable=None
+    )
+    for i in progress:
         ID = f"id-{i + 1}"
         X = patterns[classes[i]] + torch.randn(shape, generator=generator)
         torch.save(X, data_dir / f"{ID}.pt")

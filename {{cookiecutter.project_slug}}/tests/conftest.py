@@ -2,7 +2,14 @@ from pathlib import Path
 
 import pytest
 
+import pytorch_script
 from make_sample_data import make_sample_data
+
+
+def train(data_dir: Path, metrics_csv: Path, *flags: str) -> int:
+    """pytorch_script.py on the CPU (whatever this machine has), as a user runs it."""
+    argv = ["--device", "cpu", "--data-dir", str(data_dir), "--metrics-csv", str(metrics_csv)]
+    return pytorch_script.main([*argv, *flags])
 
 
 @pytest.fixture

@@ -1,0 +1,210 @@
+"""Measure how fast the training DataLoader delivers samples, for each storage format and setting.
+
+    python bench_loader.py                # sweep: a table of samples/s, then the flags to use
+    python bench_loader.py --format packed --num-workers 0 --batch-size 64 --epochs 2 --json
+
+The sweep covers num_workers 0 to the usable CPUs, two batch sizes, persistent_workers,
+prefetch_factor, pin_memory (on CUDA), and both formats (packed once `python pack_data.py` ran).
+Each figure is the median of --repeats runs, over --epochs epochs of at most --max-samples
+training samples, with the page cache warmed first. The best setting depends on the machine,
+the storage and the sample size: measure it here rather than guess.
+"""
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from my_classes import PACKED, DataError, Dataset, PackedDataset, load_partition, packed_is_stale
+from pytorch_script import get_device, loader_params, non_negative_int, positive_int, usable_cpus
+
+
+def training_set(data_dir: Path, data_format: str, max_samples: int) -> torch.utils.data.Dataset:
+    """The training split in this format, cut to its first max_samples samples."""
+    if data_format == "packed":
+        stale = packed_is_stale(data_dir)
+        if stale:
+            raise DataError(f"{stale}: run `python pack_data.py` first")
+        dataset = PackedDataset(data_dir / PACKED / "train")
+    else:
+        partition, labels = load_partition(data_dir)
+        dataset = Dataset(partition["train"], labels, data_dir)
+    if len(dataset) > max_samples:
+        # Subset passes whole batches on to PackedDataset.__getitems__.
+        dataset = torch.utils.data.Subset(dataset, range(max_samples))
+    return dataset
+
+
+def samples_per_s(dataset: torch.utils.data.Dataset, params: dict, epochs: int) -> float:
+    """Samples per second over `epochs` epochs, worker start-up included, as training sees it."""
+    start = time.perf_counter()
+    generator = torch.utils.data.DataLoader(dataset, **params)
+    num_samples = 0
+    for _ in range(epochs):
+        for _X, y in generator:
+            num_samples += len(y)
+    del generator  # stop persistent workers before the clock stops
+    return num_samples / (time.perf_counter() - start)
+
+
+def measure(
+    dataset: torch.utils.data.Dataset,
+    data_format: str,
+    setting: dict,
+    device: torch.device,
+    epochs: int,
+    repeats: int,
+) -> float:
+    """Median samples/s of one loader setting."""
+    params = loader_params(
+        batch_size=setting["batch_size"],
+        shuffle=True,
+        num_workers=setting["num_workers"],
+        prefetch_factor=setting["prefetch_factor"] or 2,
+        seed=0,
+        device=device,
+        data_format=data_format,
+    )
+    params["persistent_workers"] = setting["persistent_workers"]
+    params["pin_memory"] = setting["pin_memory"]
+    return statistics.median(samples_per_s(dataset, params, epochs) for _ in range(repeats))
+
+
+def settings(batch_size: int, device: torch.device) -> list[dict]:
+    """Every combination the sweep measures; worker-only options only where there are workers."""
+    rows = []
+    pin_memory = [False, True] if device.type == "cuda" else [False]
+    for batch, workers, pin in itertools.product(
+        [batch_size, 4 * batch_size], range(usable_cpus() + 1), pin_memory
+    ):
+        worker_options = [(True, 2), (True, 4), (False, 2)] if workers else [(False, None)]
+        for persistent, prefetch in worker_options:
+            rows.append(
+                {
+                    "batch_size": batch,
+                    "num_workers": workers,
+                    "persistent_workers": persistent,
+                    "prefetch_factor": prefetch,
+                    "pin_memory": pin,
+                }
+            )
+    return rows
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument(
+        "--format", choices=["files", "packed"], help="measure this format only (with --json)"
+    )
+    parser.add_argument("--num-workers", type=non_negative_int, default=0, help="with --format")
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default={{ cookiecutter.batch_size | int }},
+    )
+    parser.add_argument("--prefetch-factor", type=positive_int, default=2, help="with --format")
+    parser.add_argument("--epochs", type=positive_int, default=2, help="epochs per measurement")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="measurements per median")
+    parser.add_argument(
+        "--max-samples", type=positive_int, default=8192, help="training samples per epoch, at most"
+    )
+    parser.add_argument(
+        "--device", type=get_device, default="auto", help="decides pin_memory, as in training"
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object (with --format)")
+    args = parser.parse_args(argv)
+    if args.json and not args.format:
+        parser.error("--json measures one setting: give --format too")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = args.device
+    try:
+        if args.format:
+            return measure_one(args, device)
+        return sweep(args, device)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+def measure_one(args: argparse.Namespace, device: torch.device) -> int:
+    dataset = training_set(args.data_dir, args.format, args.max_samples)
+    setting = {
+        "batch_size": args.batch_size,
+        "num_workers": min(args.num_workers, usable_cpus()),
+        "persistent_workers": args.num_workers > 0,
+        "prefetch_factor": args.prefetch_factor if args.num_workers > 0 else None,
+        "pin_memory": device.type == "cuda",
+    }
+    rate = measure(dataset, args.format, setting, device, args.epochs, args.repeats)
+    result = {"format": args.format, **setting, "epochs": args.epochs, "samples": len(dataset)}
+    result["samples_per_s"] = round(rate, 1)
+    print(json.dumps(result) if args.json else f"{rate:,.0f} samples/s")
+    return 0
+
+
+def sweep(args: argparse.Namespace, device: torch.device) -> int:
+    formats = ["files"]
+    stale = packed_is_stale(args.data_dir)
+    if stale:
+        print(f"packed: not measured ({stale}); `python pack_data.py` adds it")
+    else:
+        formats.append("packed")
+    jobs = [(f, s) for f in formats for s in settings(args.batch_size, device)]
+    datasets = {f: training_set(args.data_dir, f, args.max_samples) for f in formats}
+    warm_up = {"batch_size": 256, "num_workers": 0, "persistent_workers": False}
+    warm_up |= {"prefetch_factor": None, "pin_memory": False}
+    for data_format, dataset in datasets.items():  # read everything once: a warm page cache
+        measure(dataset, data_format, warm_up, device, epochs=1, repeats=1)
+
+    results = []
+    for data_format, setting in tqdm(jobs, desc="measuring", unit="setting", disable=None):
+        rate = measure(
+            datasets[data_format], data_format, setting, device, args.epochs, args.repeats
+        )
+        results.append((rate, data_format, setting))
+
+    results.sort(key=lambda row: -row[0])
+    best = results[0][0]
+    print(f"{len(datasets['files'])} samples x {args.epochs} epochs, median of {args.repeats}")
+    header = ["format", "workers", "batch", "persistent", "prefetch", "pin", "samples/s", "of best"]
+    print("{:7} {:>7} {:>6} {:>10} {:>8} {:>5} {:>11} {:>7}".format(*header))
+    for rate, data_format, s in results:
+        print(
+            f"{data_format:7} {s['num_workers']:7d} {s['batch_size']:6d}"
+            f" {str(s['persistent_workers']):>10} {str(s['prefetch_factor'] or '-'):>8}"
+            f" {str(s['pin_memory']):>5} {rate:11,.0f} {rate / best:7.0%}"
+        )
+    # pytorch_script.py keeps workers alive between epochs and pins memory on CUDA itself, so
+    # recommend among those rows, at the batch size training uses.
+    usable = [
+        row
+        for row in results
+        if row[2]["batch_size"] == args.batch_size
+        and row[2]["persistent_workers"] == (row[2]["num_workers"] > 0)
+        and row[2]["pin_memory"] == (device.type == "cuda")
+    ]
+    rate, data_format, s = usable[0]
+    flags = f"--data-format {data_format} --num-workers {s['num_workers']}"
+    if s["num_workers"]:
+        flags += f" --prefetch-factor {s['prefetch_factor']}"
+    print(f"fastest at --batch-size {args.batch_size}: {rate:,.0f} samples/s with")
+    print(f"    python pytorch_script.py {flags}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Pack data/<ID>.pt into one memory-mapped array per split, for loaders that read whole batches.
+
+    python pack_data.py              # data/packed/{train,validation}/{X,y,IDs}.npy
+    python pytorch_script.py         # then reads data/packed, and says so
+
+The per-file data stays as it is. pytorch_script.py uses the packed copy only while it is newer
+than every file in data/: after changing the data, run pack_data.py again.
+"""
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from my_classes import PACKED, SPLITS, DataError, load_partition, load_sample, packed_is_stale
+
+
+def pack_split(
+    data_dir: Path, IDs: list[str], labels: dict[str, int], out_dir: Path, like: torch.Tensor
+) -> None:
+    """Stream one split's samples into out_dir/X.npy, one at a time; each must look like `like`."""
+    try:
+        dtype = torch.empty(0, dtype=like.dtype).numpy().dtype
+    except TypeError:
+        raise DataError(
+            f"samples of dtype {like.dtype} cannot be packed: NumPy has no such dtype"
+        ) from None
+    out_dir.mkdir(parents=True)
+    # open_memmap writes the .npy header, then the rows go straight to the file: the split is
+    # never in memory all at once.
+    X = np.lib.format.open_memmap(
+        out_dir / "X.npy", mode="w+", dtype=dtype, shape=(len(IDs), *like.shape)
+    )
+    progress = tqdm(IDs, desc=f"packing {out_dir.name}", unit="sample", leave=False, disable=None)
+    for i, ID in enumerate(progress):
+        sample = load_sample(data_dir / f"{ID}.pt", ID)
+        if sample.shape != like.shape or sample.dtype != like.dtype:
+            raise DataError(
+                f"sample {ID!r} is {sample.dtype} of shape {tuple(sample.shape)}, but the first"
+                f" training sample is {like.dtype} of shape {tuple(like.shape)}:"
+                " all samples must match to be packed"
+            )
+        X[i] = sample.numpy()
+    X.flush()
+    del X
+    np.save(out_dir / "y.npy", np.array([labels[ID] for ID in IDs], dtype=np.int64))
+    np.save(out_dir / "IDs.npy", np.array(IDs, dtype=str))
+
+
+def pack(data_dir: Path) -> Path:
+    """Write data_dir/packed beside it and swap it in whole; returns its path."""
+    partition, labels = load_partition(data_dir)
+    first = partition["train"][0]
+    like = load_sample(data_dir / f"{first}.pt", first)
+    packed = data_dir / PACKED
+    # Packed into a temporary directory first: an interrupted run leaves the old copy intact,
+    # and the temporary one is removed.
+    tmp = data_dir / f"{PACKED}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for split in SPLITS:
+            pack_split(data_dir, partition[split], labels, tmp / split, like)
+        if packed.exists():
+            shutil.rmtree(packed)
+        tmp.rename(packed)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return packed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="what to pack")
+    parser.add_argument("--force", action="store_true", help="pack even if up to date")
+    args = parser.parse_args(argv)
+
+    if not args.force and packed_is_stale(args.data_dir) is None:
+        print(f"{args.data_dir / PACKED} is up to date; nothing to do (--force packs anyway)")
+        return 0
+    start = time.perf_counter()
+    try:
+        packed = pack(args.data_dir)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    size = sum(path.stat().st_size for path in packed.rglob("*.npy")) / 1e6
+    print(
+        f"Packed {args.data_dir} into {packed} ({size:.0f} MB)"
+        f" in {time.perf_counter() - start:.1f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

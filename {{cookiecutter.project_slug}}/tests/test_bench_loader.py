@@ -1,0 +1,55 @@
+import json
+from pathlib import Path
+
+import pytest
+
+import bench_loader
+import pack_data
+import pytorch_script
+
+SMALL = ["--max-samples", "64", "--repeats", "1", "--epochs", "1"]
+
+
+@pytest.mark.parametrize("data_format", ["files", "packed"])
+def test_one_setting_as_json(
+    tiny_data: Path, capsys: pytest.CaptureFixture[str], data_format: str
+) -> None:
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    capsys.readouterr()
+    argv = ["--data-dir", str(tiny_data), "--format", data_format, "--num-workers", "1"]
+    assert bench_loader.main([*argv, "--batch-size", "16", "--json", *SMALL]) == 0
+
+    result = json.loads(capsys.readouterr().out)
+    assert result["format"] == data_format and result["samples"] == 64
+    assert (result["num_workers"], result["batch_size"], result["epochs"]) == (1, 16, 1)
+    assert result["samples_per_s"] > 0
+
+
+def test_sweep_prints_a_table_and_flags_that_pytorch_script_takes(
+    tiny_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    capsys.readouterr()
+    assert bench_loader.main(["--data-dir", str(tiny_data), "--batch-size", "16", *SMALL]) == 0
+
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines if line.split()[:1] in (["files"], ["packed"])]
+    assert {row[0] for row in rows} == {"files", "packed"}
+    rates = [float(row[6].replace(",", "")) for row in rows]
+    assert rates == sorted(rates, reverse=True) and rates[-1] > 0
+    assert {row[2] for row in rows} == {"16", "64"}  # the batch size, and four times it
+    assert lines[-2].startswith("fastest at --batch-size 16: ")
+    command = lines[-1].split()
+    assert command[:2] == ["python", "pytorch_script.py"]
+    args = pytorch_script.parse_args(command[2:])
+    assert args.data_format in ("files", "packed")
+
+
+def test_without_packed_data_the_sweep_says_how_to_add_it(
+    tiny_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert bench_loader.main(["--data-dir", str(tiny_data), *SMALL]) == 0
+    assert "packed: not measured (no packed data in" in capsys.readouterr().out
+    argv = ["--data-dir", str(tiny_data), "--format", "packed", "--json", *SMALL]
+    assert bench_loader.main(argv) == 1
+    assert "run `python pack_data.py` first" in capsys.readouterr().err

@@ -1,0 +1,179 @@
+import os
+import pickle
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import pack_data
+import pytorch_script
+from conftest import train
+from make_sample_data import make_sample_data
+from my_classes import PACKED, DataError, Dataset, PackedDataset, load_partition, packed_is_stale
+
+
+def loader(dataset: torch.utils.data.Dataset, num_workers: int, packed: bool, seed: int = 0):
+    params = pytorch_script.loader_params(
+        batch_size=16,
+        shuffle=True,
+        num_workers=num_workers,
+        prefetch_factor=2,
+        seed=seed,
+        device=torch.device("cpu"),
+        data_format="packed" if packed else "files",
+    )
+    return torch.utils.data.DataLoader(dataset, **params)
+
+
+def test_packed_samples_are_bitwise_the_per_file_samples(tiny_data: Path) -> None:
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    partition, labels = load_partition(tiny_data)
+    for split in ("train", "validation"):
+        files = Dataset(partition[split], labels, tiny_data)
+        packed = PackedDataset(tiny_data / PACKED / split)
+        assert len(packed) == len(files)
+        assert packed.list_IDs.tolist() == partition[split]
+        for index in range(len(files)):
+            X, y = files[index]
+            X_packed, y_packed = packed[index]
+            assert X_packed.dtype == X.dtype and X_packed.shape == X.shape
+            assert X_packed.numpy().tobytes() == X.numpy().tobytes()
+            assert y_packed == y and type(y_packed) is int
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_packed_batches_equal_per_file_batches(tiny_data: Path, num_workers: int) -> None:
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    partition, labels = load_partition(tiny_data)
+    files = loader(Dataset(partition["train"], labels, tiny_data), num_workers, packed=False)
+    packed = loader(PackedDataset(tiny_data / PACKED / "train"), num_workers, packed=True)
+    for _epoch in range(2):
+        pairs = list(zip(files, packed, strict=True))
+        assert len(pairs) == 12
+        for (X, y), (X_packed, y_packed) in pairs:
+            assert torch.equal(X, X_packed) and torch.equal(y, y_packed)
+            assert y_packed.dtype == torch.int64
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 160, 160)])  # 256 B and 300 KB a sample
+def test_one_read_per_batch_small_or_large_samples(tmp_path: Path, shape: tuple) -> None:
+    data_dir = tmp_path / "data"
+    make_sample_data(data_dir, num_samples=12, shape=shape, num_classes=3, validation_fraction=0.25)
+    assert pack_data.main(["--data-dir", str(data_dir)]) == 0
+    packed = PackedDataset(data_dir / PACKED / "train")
+    X, y = packed.__getitems__([5, 0, 7])
+    assert torch.equal(X, torch.stack([packed[i][0] for i in (5, 0, 7)]))
+    assert y.tolist() == [packed[i][1] for i in (5, 0, 7)] and y.dtype == torch.int64
+    partition, labels = load_partition(data_dir)
+    files = Dataset(partition["train"], labels, data_dir)
+    assert torch.equal(X[1], files[0][0])
+
+
+def test_pack_is_skipped_while_current_and_redone_when_stale(
+    tiny_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert packed_is_stale(tiny_data) == f"no packed data in {tiny_data / PACKED}"
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    assert packed_is_stale(tiny_data) is None
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    assert "is up to date; nothing to do" in capsys.readouterr().out
+
+    later = time.time() + 5
+    os.utime(tiny_data / "id-3.pt", (later, later))
+    assert (
+        packed_is_stale(tiny_data) == f"{tiny_data / PACKED} is older than the files in {tiny_data}"
+    )
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    assert "Packed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (torch.zeros(1, 8, 9), "is torch.float32 of shape (1, 8, 9), but the first"),
+        (torch.zeros(1, 8, 8, dtype=torch.float64), "is torch.float64 of shape (1, 8, 8)"),
+    ],
+)
+def test_pack_refuses_mixed_shapes_and_dtypes_and_keeps_the_old_pack(
+    tiny_data: Path, capsys: pytest.CaptureFixture[str], bad: torch.Tensor, message: str
+) -> None:
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    old = (tiny_data / PACKED / "train" / "X.npy").read_bytes()
+    partition, _ = load_partition(tiny_data)
+    ID = partition["validation"][7]
+    torch.save(bad, tiny_data / f"{ID}.pt")
+
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 1
+
+    assert f"error: sample '{ID}' {message}" in capsys.readouterr().err
+    assert (tiny_data / PACKED / "train" / "X.npy").read_bytes() == old
+    assert sorted(p.name for p in tiny_data.iterdir() if p.is_dir()) == [PACKED]
+
+
+def test_training_picks_packed_data_while_it_is_current(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    metrics_csv = tmp_path / "m.csv"
+    assert train(tiny_data, metrics_csv, "--dry-run", "--num-workers", "0") == 0
+    assert f"data: {tiny_data}/<ID>.pt (no packed data in" in capsys.readouterr().out
+    assert train(tiny_data, metrics_csv, "--dry-run", "--data-format", "packed") == 1
+    assert "run `python pack_data.py` first" in capsys.readouterr().err
+
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    assert train(tiny_data, metrics_csv, "--dry-run", "--num-workers", "0") == 0
+    assert f"data: {tiny_data / PACKED} (up to date)" in capsys.readouterr().out
+
+    os.utime(tiny_data / "labels.json", (time.time() + 5, time.time() + 5))
+    assert train(tiny_data, metrics_csv, "--dry-run", "--num-workers", "0") == 0
+    assert "is older than the files in" in capsys.readouterr().out
+
+
+def test_packed_training_matches_per_file_training(tiny_data: Path, tmp_path: Path) -> None:
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    runs = {}
+    for data_format in ("files", "packed"):
+        metrics_csv = tmp_path / f"{data_format}.csv"
+        flags = ["--max-epochs", "2", "--num-workers", "0", "--data-format", data_format]
+        assert train(tiny_data, metrics_csv, *flags) == 0
+        runs[data_format] = metrics_csv.read_text()
+    assert runs["files"] == runs["packed"]
+
+
+def test_packed_dataset_pickles_as_its_directory(tiny_data: Path) -> None:
+    """Workers started with spawn get the path, not a copy of every sample."""
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    packed = PackedDataset(tiny_data / PACKED / "train")
+    copy = pickle.loads(pickle.dumps(packed))
+    assert len(pickle.dumps(packed)) < 1000
+    assert torch.equal(copy.__getitems__([3, 1])[0], packed.__getitems__([3, 1])[0])
+
+
+def test_packed_batches_with_spawned_workers(tiny_data: Path) -> None:
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    packed = PackedDataset(tiny_data / PACKED / "validation")
+    forked = list(loader(packed, 0, packed=True))
+    params = pytorch_script.loader_params(
+        batch_size=16, shuffle=True, num_workers=1, prefetch_factor=2, seed=0,
+        device=torch.device("cpu"), data_format="packed",
+    )  # fmt: skip
+    spawned = torch.utils.data.DataLoader(packed, multiprocessing_context="spawn", **params)
+    for (X, y), (X_spawned, y_spawned) in zip(forked, spawned, strict=True):
+        assert torch.equal(X, X_spawned) and torch.equal(y, y_spawned)
+
+
+def test_packed_files_hold_no_pickles(tiny_data: Path) -> None:
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    for path in (tiny_data / PACKED).rglob("*.npy"):
+        np.load(path, mmap_mode="r", allow_pickle=False)  # raises if the file needs pickle
+
+
+def test_bad_pack_never_replaces_a_good_one_half_way(tiny_data: Path) -> None:
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    partition, _ = load_partition(tiny_data)
+    (tiny_data / f"{partition['validation'][-1]}.pt").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="cannot load"):
+        pack_data.pack(tiny_data)
+    assert not (tiny_data / f"{PACKED}.tmp").exists()
+    assert len(PackedDataset(tiny_data / PACKED / "validation")) == 64
