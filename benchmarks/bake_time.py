@@ -7,6 +7,7 @@ Each line: median, min and max seconds over the repeats, each run a fresh proces
 """
 
 import argparse
+import json
 import shutil
 import statistics
 import subprocess
@@ -29,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="runs of each command")
     args = parser.parse_args(argv)
 
-    bake = [sys.executable, "-m", "cookiecutter", str(ROOT), "--no-input", "-o"]
+    config = Path(tempfile.mkdtemp()) / "cookiecutter.yaml"  # replays not in ~, as a user's
+    config.write_text(f"replay_dir: {json.dumps(str(config.parent))}\n")
+    bake = [sys.executable, "-m", "cookiecutter", str(ROOT), "--config-file", str(config)]
+    bake += ["--no-input", "-o"]
     cases = {
         "python -c 'import torch'": lambda out: [sys.executable, "-c", "import torch"],
         "cookiecutter, no data, no smoke test": lambda out: [
@@ -52,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         medians["python -c 'import torch'"],
     )
     print(f"defaults / import torch: {full / torch_import:.1f}x")
+    shutil.rmtree(config.parent)
     return 0
 
 

@@ -12,6 +12,7 @@ two workers after a million samples drawn from 1,000 or from 1,000,000 IDs.
 
 import argparse
 import gc
+import json
 import multiprocessing
 import os
 import platform
@@ -183,14 +184,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="epochs timed per loader")
     parser.add_argument("--small", type=int, default=20_000, help="samples of 3x32x32")
     parser.add_argument("--large", type=int, default=2_000, help="samples of 3x224x224")
+    parser.add_argument("--no-memory", action="store_true", help="skip the worker memory part")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "cookiecutter.yaml"  # replays stay in tmp, not in ~
+        config.write_text(f"replay_dir: {json.dumps(tmp)}\n")
         project = Path(
             cookiecutter(
                 str(ROOT),
                 no_input=True,
                 output_dir=tmp,
+                config_file=str(config),
                 extra_context={"create_sample_data": False, "run_smoke_test": False},
             )
         )
@@ -214,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                     f" {rate / numpy_limit:8.0%} {rate / torch_limit:8.0%}"
                 )
 
-        if sys.platform.startswith("linux"):
+        if sys.platform.startswith("linux") and not args.no_memory:
             print("\nworker private memory (MB, mean of 2) after 1,000,000 samples drawn from:")
             print(f"  {'Dataset storage':44} {'1,000 IDs':>9} {'10**6 IDs':>9} {'growth':>7}")
             for storage, freeze in [("article", False), ("project", False), ("project", True)]:

@@ -3,6 +3,7 @@
 import re
 import sys
 
+import pytest
 import yaml
 
 from conftest import ROOT, run
@@ -40,6 +41,17 @@ def test_torch_is_pinned_wherever_it_is_installed() -> None:
     assert [line for line in requirements if line.startswith("torch")] == ["torch==2.13.0"]
     workflow = (ROOT / ".github" / "workflows" / "ci.yml").read_text()
     assert re.findall(r"pip install (torch\S*)", workflow) == ["torch==2.13.0"]
+
+
+@pytest.mark.slow
+def test_the_benchmarks_run_and_print_their_tables() -> None:
+    """Tiny sizes: the numbers mean nothing here, the scripts must just keep working."""
+    loaders = [sys.executable, "benchmarks/loaders.py", "--repeats", "1", "--no-memory"]
+    out = run([*loaders, "--small", "300", "--large", "20"], ROOT).stdout
+    for name in ("article, 6 workers", "files, 2 workers", "packed, 0 workers", "limit: NumPy"):
+        assert out.count(f"  {name}") == 2, out  # one row for each sample shape
+    bake = run([sys.executable, "benchmarks/bake_time.py", "--repeats", "1"], ROOT).stdout
+    assert "cookiecutter --no-input (defaults)" in bake and "defaults / import torch:" in bake
 
 
 def test_hooks_tests_and_benchmarks_pass_ruff() -> None:
