@@ -95,9 +95,9 @@ def measure_shape(project: Path, shape: str, num_samples: int, repeats: int) -> 
 
     def params(num_workers: int, data_format: str) -> dict:
         return loader_params(
-            batch_size=64, shuffle=True, num_workers=num_workers, prefetch_factor=2, seed=0,
+            batch_size=64, num_workers=num_workers, prefetch_factor=2, seed=0,
             device=torch.device("cpu"), data_format=data_format,
-        )  # fmt: skip
+        ) | {"shuffle": True}  # fmt: skip
 
     files = Dataset(partition["train"], labels, "data")
     packed = PackedDataset(Path("data") / PACKED / "train")

@@ -33,6 +33,7 @@ def smoke_test(pytorch_script, run: list[str]) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         metrics_csv = Path(tmp) / "metrics.csv"
         argv = [*run, "--num-workers", "2", "--metrics-csv", str(metrics_csv)]
+        argv += ["--checkpoint-dir", str(Path(tmp) / "checkpoints")]
         output = io.StringIO()
         try:
             with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
@@ -42,7 +43,7 @@ def smoke_test(pytorch_script, run: list[str]) -> float:
         if code != 0:
             print(output.getvalue() + (code if isinstance(code, str) else ""), file=sys.stderr)
             raise RuntimeError(
-                f"`python pytorch_script.py {' '.join(argv[:-2])}` failed (output above)"
+                f"`python pytorch_script.py {' '.join(argv[:-4])}` failed (output above)"
             )
         with open(metrics_csv, newline="", encoding="utf-8") as f:
             return float(list(csv.DictReader(f))[-1]["val_accuracy"])

@@ -32,6 +32,8 @@ ARTICLE_LAYOUT = {
     "tests/test_packed.py",
     "tests/test_loader_settings.py",
     "tests/test_bench_loader.py",
+    "tests/test_checkpoints.py",
+    "tests/test_distributed.py",
 }
 
 
@@ -78,6 +80,7 @@ def test_defaults_make_data_pass_the_smoke_test_own_tests_and_ruff(cookies, capf
     assert len(partition["train"]) == 800 and len(partition["validation"]) == 200
     assert len(list((project / "data").glob("*.pt"))) == len(labels) == 1000
     assert not (project / "runs").exists(), "the smoke test must not leave metrics behind"
+    assert not (project / "checkpoints").exists(), "nor checkpoints"
 
     baked = {k: v for k, v in defaults(project).items() if k not in ("lr", "seed", "device")}
     assert baked == {
@@ -90,6 +93,9 @@ def test_defaults_make_data_pass_the_smoke_test_own_tests_and_ruff(cookies, capf
         "max_epochs": 100,
         "cudnn_benchmark": True,
         "metrics_csv": "runs/metrics.csv",
+        "checkpoint_dir": "checkpoints",
+        "resume": False,
+        "amp": False,
         "dry_run": False,
         "num_samples": 1000,
         "shape": [3, 32, 32],

@@ -64,13 +64,13 @@ def measure(
     """Median samples/s of one loader setting."""
     params = loader_params(
         batch_size=setting["batch_size"],
-        shuffle=True,
         num_workers=setting["num_workers"],
         prefetch_factor=setting["prefetch_factor"] or 2,
         seed=0,
         device=device,
         data_format=data_format,
     )
+    params["shuffle"] = True  # as training reads
     params["persistent_workers"] = setting["persistent_workers"]
     params["pin_memory"] = setting["pin_memory"]
     return statistics.median(samples_per_s(dataset, params, epochs) for _ in range(repeats))

@@ -131,15 +131,9 @@ def load_sample(path: Path, ID: str) -> torch.Tensor:
             f"sample {ID!r}: {path} not found; restore it or remove {ID!r} from partition.json"
         ) from None
     except Exception as err:  # torch.load's own errors do not say which file was bad
-        # Past "Weights only load failed", torch suggests weights_only=False, which would run
-        # whatever code the file holds: report the reason underneath instead.
-        if str(err).startswith("Weights only load failed") and err.__context__ is not None:
-            err = err.__context__
-        lines = str(err).strip().splitlines()
-        reason = lines[0].split(". ")[0] if lines else type(err).__name__
         raise DataError(
-            f"sample {ID!r}: cannot load {path} ({reason}); it must be a tensor saved with"
-            " torch.save(tensor, path)"
+            f"sample {ID!r}: cannot load {path} ({load_error(err)}); it must be a tensor saved"
+            " with torch.save(tensor, path)"
         ) from None
     if not isinstance(X, torch.Tensor):
         raise DataError(
@@ -147,6 +141,16 @@ def load_sample(path: Path, ID: str) -> torch.Tensor:
             " save each sample with torch.save(tensor, path)"
         )
     return X
+
+
+def load_error(err: Exception) -> str:
+    """The reason torch.load failed, in a few words."""
+    # Past "Weights only load failed", torch suggests weights_only=False, which would run
+    # whatever code the file holds: report the reason underneath instead.
+    if str(err).startswith("Weights only load failed") and err.__context__ is not None:
+        err = err.__context__
+    lines = str(err).strip().splitlines()
+    return lines[0].split(". ")[0] if lines else type(err).__name__
 
 
 def load_partition(data_dir: str | Path) -> tuple[dict[str, list[str]], dict[str, int]]:

@@ -2,6 +2,8 @@
 
     python make_sample_data.py             # once, unless you bring your own data (see README.md)
     python pytorch_script.py               # train; one line per epoch, rows in runs/metrics.csv
+    python pytorch_script.py --resume      # go on from checkpoints/last.pt after a crash
+    torchrun --standalone --nproc_per_node=4 pytorch_script.py   # 4 GPUs (or processes) here
     python pack_data.py                    # optional: batched reads from one file per split
     python bench_loader.py                 # which loader settings are fastest on this machine
     python pytorch_script.py --dry-run     # one epoch of two batches per split: a quick check
@@ -17,13 +19,16 @@ import gc
 import os
 import random
 import sys
+import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
@@ -33,6 +38,7 @@ from my_classes import (
     Dataset,
     Net,
     PackedDataset,
+    load_error,
     load_partition,
     packed_is_stale,
 )
@@ -112,9 +118,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="epochs to train",
     )
     parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
-    parser.add_argument(
-        "--seed", type=int, default=0, help="same seed and --num-workers, same run (on the CPU)"
-    )
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same run (on the CPU)")
     parser.add_argument(
         "--device",
         type=get_device,
@@ -131,7 +135,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--metrics-csv",
         type=Path,
         default=Path("runs/metrics.csv"),
-        help="one row per epoch: epoch,train_loss,val_loss,val_accuracy (replaced at each run)",
+        help="one row per epoch: epoch,train_loss,val_loss,val_accuracy (a new run replaces it,"
+        " --resume appends)",
+    )
+    parser.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=Path("checkpoints"),
+        help="last.pt after every epoch, best.pt at the best validation accuracy",
+    )
+    parser.add_argument("--resume", action="store_true", help="go on from <checkpoint-dir>/last.pt")
+    parser.add_argument(
+        "--amp",
+        action="store_true",
+        help="mixed precision: bfloat16 on the CPU, float16 with loss scaling on CUDA",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="one epoch of two batches per split, then stop"
@@ -173,12 +190,12 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def pick_data_format(data_dir: Path, data_format: str) -> str:
+def pick_data_format(data_dir: Path, data_format: str, say: Callable = print) -> str:
     """'files' or 'packed', as asked; for 'auto', packed when pack_data.py's copy is current."""
     stale = packed_is_stale(data_dir)
     if data_format == "auto":
         data_format = "files" if stale else "packed"
-        print(
+        say(
             f"data: {data_dir / PACKED} (up to date)"
             if not stale
             else f"data: {data_dir}/<ID>.pt ({stale})"
@@ -186,36 +203,56 @@ def pick_data_format(data_dir: Path, data_format: str) -> str:
     elif data_format == "packed" and stale:
         if not (data_dir / PACKED).exists():
             raise DataError(f"{stale}: run `python pack_data.py` first")
-        print(f"warning: {stale}; run `python pack_data.py` to update it")
+        say(f"warning: {stale}; run `python pack_data.py` to update it")
     return data_format
 
 
 def loader_params(
     *,
     batch_size: int,
-    shuffle: bool,
     num_workers: int,
     prefetch_factor: int,
     seed: int,
     device: torch.device,
     data_format: str,
 ) -> dict:
-    """The DataLoader arguments of both generators, decided here and nowhere else."""
-    num_workers = min(num_workers, usable_cpus())  # more workers than CPUs only adds overhead
+    """The DataLoader arguments of both generators, decided here and nowhere else (the order of
+    the samples is the samplers' business: see samplers())."""
+    # More workers than CPUs only adds overhead; under torchrun the ranks of a machine share them.
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    num_workers = min(num_workers, usable_cpus() // local_world_size)
     return {
         "batch_size": batch_size,
-        "shuffle": shuffle,
         "num_workers": num_workers,
         "pin_memory": device.type == "cuda",  # page-locked batches copy to a CUDA device faster
         "persistent_workers": num_workers > 0,  # start the workers once, not every epoch
         "prefetch_factor": prefetch_factor if num_workers > 0 else None,
-        # Shuffle order, and the seed of each worker (torch, random and NumPy), follow --seed:
-        # random augmentation differs between workers and repeats from run to run. (Each new
-        # iterator draws from it too: with 0 workers that is every epoch, so change
-        # --num-workers and the order changes.)
+        # The seed of each worker (torch, random and NumPy) follows --seed: random augmentation
+        # differs between workers and repeats from run to run.
         "generator": torch.Generator().manual_seed(seed),
         "collate_fn": PackedDataset.collate_fn if data_format == "packed" else None,
     }
+
+
+def samplers(
+    training_set: torch.utils.data.Dataset,
+    validation_set: torch.utils.data.Dataset,
+    shuffle: bool,
+    seed: int,
+) -> tuple[torch.utils.data.DistributedSampler, torch.utils.data.DistributedSampler]:
+    """Which samples each rank reads, in which order: with torchrun every rank gets its share;
+    without, the one process gets everything. The training order is a function of --seed and
+    the epoch (set_epoch), so a resumed run sees the same order as an uninterrupted one."""
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    training_sampler = torch.utils.data.DistributedSampler(
+        training_set, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed
+    )
+    # In a fixed order: validation metrics do not depend on it. Ranks whose share comes up
+    # short get samples repeated from the start: validate() leaves those out of its counts.
+    validation_sampler = torch.utils.data.DistributedSampler(
+        validation_set, num_replicas=world_size, rank=rank, shuffle=False
+    )
+    return training_sampler, validation_sampler
 
 
 def train(
@@ -223,14 +260,18 @@ def train(
     training_generator: torch.utils.data.DataLoader,
     loss_fn: nn.Module,
     optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    amp: bool,
     device: torch.device,
     max_batches: int | None = None,
-    desc: str = "train",
-) -> tuple[float, float]:
-    """One pass over the training set; returns the mean loss per sample, and the share of the
-    time spent waiting for batches (near 0: compute-bound; near 1: data-bound)."""
+    desc: str | None = None,
+) -> tuple[float, int, float]:
+    """One pass over this rank's share of the training set; returns the summed loss, the number
+    of samples, and the share of the time spent waiting for batches (near 0: compute-bound;
+    near 1: data-bound). desc=None: no progress bar."""
     model.train()
     non_blocking = device.type == "cuda"  # copies from pinned memory overlap with compute
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     loss_sum = torch.zeros((), device=device)
     num_samples = 0
     batches = islice(training_generator, max_batches)
@@ -239,7 +280,7 @@ def train(
     waited = 0.0
     # The bar appears only in a terminal, when an epoch takes more than two seconds.
     for local_batch, local_labels in tqdm(
-        batches, desc=desc, total=total, leave=False, delay=2, unit="batch", disable=None
+        batches, desc, total, leave=False, delay=2, unit="batch", disable=None if desc else True
     ):
         waited += time.perf_counter() - ready
 
@@ -249,15 +290,18 @@ def train(
 
         # Model computations
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(local_batch), local_labels)
-        loss.backward()
-        optimizer.step()
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+            loss = loss_fn(model(local_batch), local_labels)
+        # The scaler keeps small float16 gradients from vanishing; disabled, it passes through.
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
         # Summed on the device: calling .item() every step would wait for the GPU each time.
-        loss_sum += loss.detach() * len(local_labels)
+        loss_sum += loss.detach().float() * len(local_labels)
         num_samples += len(local_labels)
         ready = time.perf_counter()
-    return loss_sum.item() / num_samples, waited / (time.perf_counter() - start)
+    return loss_sum.item(), num_samples, waited / (time.perf_counter() - start)
 
 
 @torch.no_grad()
@@ -265,43 +309,125 @@ def validate(
     model: nn.Module,
     validation_generator: torch.utils.data.DataLoader,
     loss_fn: nn.Module,
+    amp: bool,
     device: torch.device,
     max_batches: int | None = None,
-) -> tuple[float, float]:
-    """One pass over the validation set; returns (mean loss, accuracy)."""
+) -> tuple[float, int, int]:
+    """One pass over this rank's share of the validation set; returns the summed loss, the
+    number of correct predictions and the number of samples, padding left out."""
     model.eval()
     non_blocking = device.type == "cuda"
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    # The sampler pads the shares of the last ranks with repeats, at their end: stop before.
+    sampler = validation_generator.sampler
+    share = len(range(sampler.rank, len(validation_generator.dataset), sampler.num_replicas))
     loss_sum = torch.zeros((), device=device)
     num_correct = torch.zeros((), dtype=torch.long, device=device)
     num_samples = 0
     for local_batch, local_labels in islice(validation_generator, max_batches):
+        keep = min(len(local_labels), share - num_samples)
+        if keep <= 0:
+            break
         # Transfer to GPU, as float32 (the model's dtype: uint8 or float64 samples work as saved)
-        local_batch = local_batch.to(device, torch.float32, non_blocking=non_blocking)
-        local_labels = local_labels.to(device, non_blocking=non_blocking)
+        local_batch = local_batch[:keep].to(device, torch.float32, non_blocking=non_blocking)
+        local_labels = local_labels[:keep].to(device, non_blocking=non_blocking)
 
         # Model computations
-        outputs = model(local_batch)
-        loss_sum += loss_fn(outputs, local_labels) * len(local_labels)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+            outputs = model(local_batch)
+        loss_sum += loss_fn(outputs.float(), local_labels) * keep
         num_correct += (outputs.argmax(dim=1) == local_labels).sum()
-        num_samples += len(local_labels)
-    return loss_sum.item() / num_samples, num_correct.item() / num_samples
+        num_samples += keep
+    return loss_sum.item(), num_correct.item(), num_samples
+
+
+def all_sum(values: list[float], device: torch.device) -> list[float]:
+    """Each value summed over all ranks; the values as they are without torchrun."""
+    if not dist.is_initialized():
+        return values
+    summed = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(summed)
+    return summed.tolist()
+
+
+def rng_states() -> dict:
+    """This process's random generators, as tensors and plain types that weights_only loads."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.copy()), position, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    kind, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy(), position, has_gauss, gauss))
+    torch.set_rng_state(states["torch"].cpu())
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
+
+
+def save_checkpoint(checkpoint: dict, path: Path) -> None:
+    """Write to a temporary file beside path, flush it to the disk, then rename it over path:
+    a crash at any moment leaves the previous checkpoint or the new one, whole, and no litter."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict:
+    """A checkpoint written by save_checkpoint; tensors and plain types only (weights_only)."""
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise DataError(
+            f"{path} not found: --resume goes on from the last.pt of an earlier run with the same"
+            " --checkpoint-dir"
+        ) from None
+    except Exception as err:
+        raise DataError(
+            f"{path} is not a checkpoint this script can load ({load_error(err)});"
+            " train without --resume, or resume from a copy of best.pt"
+        ) from None
+    keys = {"model", "optimizer", "scaler", "epoch", "best_val_accuracy", "rng"}
+    if not isinstance(checkpoint, dict) or not keys <= set(checkpoint):
+        raise DataError(f"{path} is not a checkpoint of pytorch_script.py (it lacks {keys})")
+    return checkpoint
 
 
 def run(args: argparse.Namespace) -> None:
     """The article's script, complete: parameters, datasets, generators, model, loop over epochs."""
-    seed_everything(args.seed)
+    # torchrun starts one process per GPU (or per --nproc_per_node) and tells each its rank.
+    rank = int(os.environ.get("RANK", 0))
+    say = print if rank == 0 else lambda *_, **__: None  # one voice, not one per rank
+    seed_everything(args.seed)  # the same on every rank: the same initial weights
 
     # CUDA for PyTorch
     device = args.device
+    if "WORLD_SIZE" in os.environ:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
 
     # Storage: one file per sample, or pack_data.py's copy of them
-    data_format = pick_data_format(args.data_dir, args.data_format)
+    data_format = pick_data_format(args.data_dir, args.data_format, say)
 
     # Parameters
     params = loader_params(
         batch_size=args.batch_size,
-        shuffle=args.shuffle,
         num_workers=args.num_workers,
         prefetch_factor=args.prefetch_factor,
         seed=args.seed,
@@ -321,11 +447,14 @@ def run(args: argparse.Namespace) -> None:
         validation_set = Dataset(partition["validation"], labels, args.data_dir)
 
     # Generators
-    training_generator = torch.utils.data.DataLoader(training_set, **params)
-    # In a fixed order, and with a generator of its own, which leaves the training order alone.
+    training_sampler, validation_sampler = samplers(
+        training_set, validation_set, args.shuffle, args.seed
+    )
+    training_generator = torch.utils.data.DataLoader(
+        training_set, sampler=training_sampler, **params
+    )
     validation_generator = torch.utils.data.DataLoader(
-        validation_set,
-        **{**params, "shuffle": False, "generator": torch.Generator().manual_seed(args.seed)},
+        validation_set, sampler=validation_sampler, **params
     )
 
     # Model: its input shape comes from the first sample, its outputs from the labels.
@@ -334,15 +463,39 @@ def run(args: argparse.Namespace) -> None:
     model = Net(input_shape, num_classes).to(device)
     loss_fn = nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp and device.type == "cuda")
+    start_epoch, best_val_accuracy = 1, -1.0
+    if args.resume:
+        path = args.checkpoint_dir / "last.pt"
+        checkpoint = load_checkpoint(path, device)
+        try:
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            scaler.load_state_dict(checkpoint["scaler"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            reason = str(err).strip().splitlines()[-1].strip()
+            raise DataError(
+                f"{path} was saved for another model, data or --amp ({reason});"
+                " train without --resume"
+            ) from None
+        set_rng_states(checkpoint["rng"])
+        start_epoch = checkpoint["epoch"] + 1
+        best_val_accuracy = checkpoint["best_val_accuracy"]
+        say(f"resuming after epoch {checkpoint['epoch']} of {max_epochs} from {path}")
+    if dist.is_initialized():
+        # Gradients are averaged over the ranks after each backward pass.
+        model = nn.parallel.DistributedDataParallel(model)
+    unwrapped = model.module if dist.is_initialized() else model
 
     num_workers = params["num_workers"]
     workers_note = ""
     if num_workers < args.num_workers:
         workers_note = f" (of {args.num_workers} asked: {usable_cpus()} CPUs)"
-    print(
+    world_note = f" on each of {dist.get_world_size()} ranks" if dist.is_initialized() else ""
+    say(
         f"device {device}; {len(training_set)} train and {len(validation_set)} validation samples"
         f" of shape {input_shape}, {num_classes} classes; batch_size {args.batch_size},"
-        f" shuffle {args.shuffle}, num_workers {num_workers}{workers_note}"
+        f" shuffle {args.shuffle}, num_workers {num_workers}{workers_note}{world_note}"
     )
     warned = False
 
@@ -350,43 +503,76 @@ def run(args: argparse.Namespace) -> None:
     # worker from writing to them, which would copy their pages into it (tens of MB each).
     gc.freeze()
 
-    args.metrics_csv.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.metrics_csv, "w", newline="", encoding="utf-8") as metrics_file:
+    metrics_file = None  # rank 0 writes the metrics and the checkpoints
+    if rank == 0:
+        args.metrics_csv.parent.mkdir(parents=True, exist_ok=True)
+        appending = args.resume and args.metrics_csv.exists()
+        metrics_file = open(args.metrics_csv, "a" if appending else "w", encoding="utf-8")
         metrics = csv.writer(metrics_file, lineterminator="\n")
-        metrics.writerow(["epoch", "train_loss", "val_loss", "val_accuracy"])
-
+        if not appending:
+            metrics.writerow(["epoch", "train_loss", "val_loss", "val_accuracy"])
+    try:
         # Loop over epochs
-        for epoch in range(1, max_epochs + 1):
+        for epoch in range(start_epoch, max_epochs + 1):
             start = time.perf_counter()
+            training_sampler.set_epoch(epoch)  # a new order every epoch, the same on every rank
+
             # Training
-            train_loss, data_wait = train(
+            loss_sum, num_samples, data_wait = train(
                 model,
                 training_generator,
                 loss_fn,
                 optimizer,
+                scaler,
+                args.amp,
                 device,
                 max_batches,
-                desc=f"epoch {epoch}/{max_epochs}",
+                desc=f"epoch {epoch}/{max_epochs}" if rank == 0 else None,
             )
-            # Validation
-            val_loss, val_accuracy = validate(
-                model, validation_generator, loss_fn, device, max_batches
-            )
+            loss_sum, num_samples = all_sum([loss_sum, num_samples], device)
+            train_loss = loss_sum / num_samples
 
-            print(
+            # Validation
+            results = validate(model, validation_generator, loss_fn, args.amp, device, max_batches)
+            val_loss_sum, num_correct, num_samples = all_sum(list(results), device)
+            val_loss, val_accuracy = val_loss_sum / num_samples, num_correct / num_samples
+
+            say(
                 f"epoch {epoch}/{max_epochs}  train_loss {train_loss:.4f}  val_loss {val_loss:.4f}"
                 f"  val_accuracy {val_accuracy:.4f}  data_wait {data_wait:.0%}"
                 f"  ({time.perf_counter() - start:.1f} s)"
             )
             if data_wait > DATA_WAIT_WARNING and not warned:
                 warned = True
-                print(
+                say(
                     f"warning: {data_wait:.0%} of the training time went to waiting for batches:"
                     " the run is data-bound. `python bench_loader.py` finds faster loader"
                     " settings; `python pack_data.py` packs the data for batched reads."
                 )
-            metrics.writerow([epoch, f"{train_loss:.6f}", f"{val_loss:.6f}", f"{val_accuracy:.6f}"])
-            metrics_file.flush()  # each finished epoch is on disk, even if a later one crashes
+            if metrics_file:
+                metrics.writerow(
+                    [epoch, f"{train_loss:.6f}", f"{val_loss:.6f}", f"{val_accuracy:.6f}"]
+                )
+                metrics_file.flush()  # each finished epoch is on disk, even if a later one crashes
+                checkpoint = {
+                    "model": unwrapped.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "epoch": epoch,
+                    "best_val_accuracy": max(val_accuracy, best_val_accuracy),
+                    "rng": rng_states(),
+                }
+                save_checkpoint(checkpoint, args.checkpoint_dir / "last.pt")
+                if val_accuracy > best_val_accuracy:
+                    save_checkpoint(checkpoint, args.checkpoint_dir / "best.pt")
+            best_val_accuracy = max(val_accuracy, best_val_accuracy)
+        if start_epoch > max_epochs:
+            say(
+                f"nothing to do: {args.checkpoint_dir / 'last.pt'} is already at epoch {max_epochs}"
+            )
+    finally:
+        if metrics_file:
+            metrics_file.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -403,6 +589,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         gc.unfreeze()  # for callers in this process (tests, the cookiecutter hook)
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 

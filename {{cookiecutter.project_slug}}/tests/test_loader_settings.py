@@ -21,7 +21,7 @@ CPU = torch.device("cpu")
 
 
 def params(num_workers: int, seed: int = 0, device: torch.device = CPU, **changes) -> dict:
-    settings = {"batch_size": 4, "shuffle": True, "prefetch_factor": 3, "data_format": "files"}
+    settings = {"batch_size": 4, "prefetch_factor": 3, "data_format": "files"}
     settings |= changes
     return pytorch_script.loader_params(
         num_workers=num_workers, seed=seed, device=device, **settings
@@ -58,7 +58,9 @@ class Augmented(torch.utils.data.Dataset):
 
 def draws(seed: int, num_workers: int) -> torch.Tensor:
     pytorch_script.seed_everything(seed)  # with 0 workers, the main process draws
-    loader = torch.utils.data.DataLoader(Augmented(), **params(num_workers, seed=seed))
+    loader = torch.utils.data.DataLoader(
+        Augmented(), shuffle=True, **params(num_workers, seed=seed)
+    )
     return torch.cat([torch.cat(list(loader)) for _epoch in range(2)])
 
 

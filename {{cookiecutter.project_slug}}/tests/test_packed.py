@@ -17,14 +17,13 @@ from my_classes import PACKED, DataError, Dataset, PackedDataset, load_partition
 def loader(dataset: torch.utils.data.Dataset, num_workers: int, packed: bool, seed: int = 0):
     params = pytorch_script.loader_params(
         batch_size=16,
-        shuffle=True,
         num_workers=num_workers,
         prefetch_factor=2,
         seed=seed,
         device=torch.device("cpu"),
         data_format="packed" if packed else "files",
     )
-    return torch.utils.data.DataLoader(dataset, **params)
+    return torch.utils.data.DataLoader(dataset, shuffle=True, **params)
 
 
 def test_packed_samples_are_bitwise_the_per_file_samples(tiny_data: Path) -> None:
@@ -155,10 +154,12 @@ def test_packed_batches_with_spawned_workers(tiny_data: Path) -> None:
     packed = PackedDataset(tiny_data / PACKED / "validation")
     forked = list(loader(packed, 0, packed=True))
     params = pytorch_script.loader_params(
-        batch_size=16, shuffle=True, num_workers=1, prefetch_factor=2, seed=0,
+        batch_size=16, num_workers=1, prefetch_factor=2, seed=0,
         device=torch.device("cpu"), data_format="packed",
     )  # fmt: skip
-    spawned = torch.utils.data.DataLoader(packed, multiprocessing_context="spawn", **params)
+    spawned = torch.utils.data.DataLoader(
+        packed, shuffle=True, multiprocessing_context="spawn", **params
+    )
     for (X, y), (X_spawned, y_spawned) in zip(forked, spawned, strict=True):
         assert torch.equal(X, X_spawned) and torch.equal(y, y_spawned)
 
