@@ -24,7 +24,10 @@ LATER = f"""  cd {shlex.quote(str(PROJECT))}
 
 def shown(path: Path) -> str:
     """The path from where the user ran cookiecutter (the shell's PWD), if it is below it."""
-    relative = os.path.relpath(path, os.environ.get("PWD", "/"))
+    try:
+        relative = os.path.relpath(path, os.environ.get("PWD", "/"))
+    except ValueError:  # on Windows, another drive
+        relative = ".."
     return shlex.quote(str(path) if relative.startswith("..") else relative)
 
 

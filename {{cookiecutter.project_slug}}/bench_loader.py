@@ -3,8 +3,9 @@
     python bench_loader.py                # sweep: a table of samples/s, then the flags to use
     python bench_loader.py --format packed --num-workers 0 --batch-size 64 --epochs 2 --json
 
-The sweep covers num_workers 0 to the usable CPUs, two batch sizes, persistent_workers,
-prefetch_factor, pin_memory (on CUDA), and both formats (packed once `python pack_data.py` ran).
+The sweep covers num_workers 0, 1, 2, 4, ... up to the usable CPUs, two batch sizes,
+persistent_workers, prefetch_factor, pin_memory (on CUDA, where each batch is also copied to the
+device), and both formats (packed once `python pack_data.py` ran).
 Each figure is the median of --repeats runs, over --epochs epochs of at most --max-samples
 training samples, with the page cache warmed first. The best setting depends on the machine,
 the storage and the sample size: measure it here rather than guess.
@@ -21,7 +22,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from my_classes import PACKED, DataError, Dataset, PackedDataset, load_partition, packed_is_stale
+from my_classes import (
+    PACKED,
+    DataError,
+    Dataset,
+    PackedDataset,
+    error_message,
+    load_partition,
+    packed_is_stale,
+)
 from pytorch_script import get_device, loader_params, non_negative_int, positive_int, usable_cpus
 
 
@@ -41,14 +50,21 @@ def training_set(data_dir: Path, data_format: str, max_samples: int) -> torch.ut
     return dataset
 
 
-def samples_per_s(dataset: torch.utils.data.Dataset, params: dict, epochs: int) -> float:
-    """Samples per second over `epochs` epochs, worker start-up included, as training sees it."""
+def samples_per_s(
+    dataset: torch.utils.data.Dataset, params: dict, epochs: int, device: torch.device
+) -> float:
+    """Samples per second over `epochs` epochs, worker start-up included, as training sees it:
+    on CUDA, up to the batches' arrival on the device."""
     start = time.perf_counter()
     generator = torch.utils.data.DataLoader(dataset, **params)
     num_samples = 0
     for _ in range(epochs):
-        for _X, y in generator:
+        for X, y in generator:
+            if device.type == "cuda":
+                X.to(device, non_blocking=params["pin_memory"])
             num_samples += len(y)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     del generator  # stop persistent workers before the clock stops
     return num_samples / (time.perf_counter() - start)
 
@@ -73,7 +89,12 @@ def measure(
     params["shuffle"] = True  # as training reads
     params["persistent_workers"] = setting["persistent_workers"]
     params["pin_memory"] = setting["pin_memory"]
-    return statistics.median(samples_per_s(dataset, params, epochs) for _ in range(repeats))
+    return statistics.median(samples_per_s(dataset, params, epochs, device) for _ in range(repeats))
+
+
+def worker_counts(cpus: int) -> list[int]:
+    """0, 1, 2, 4, ... and the number of CPUs: a sweep that stays short on a big machine."""
+    return sorted({0, cpus} | {2**k for k in range(cpus.bit_length()) if 2**k < cpus})
 
 
 def settings(batch_size: int, device: torch.device) -> list[dict]:
@@ -81,7 +102,7 @@ def settings(batch_size: int, device: torch.device) -> list[dict]:
     rows = []
     pin_memory = [False, True] if device.type == "cuda" else [False]
     for batch, workers, pin in itertools.product(
-        [batch_size, 4 * batch_size], range(usable_cpus() + 1), pin_memory
+        [batch_size, 4 * batch_size], worker_counts(usable_cpus()), pin_memory
     ):
         worker_options = [(True, 2), (True, 4), (False, 2)] if workers else [(False, None)]
         for persistent, prefetch in worker_options:
@@ -135,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.format:
             return measure_one(args, device)
         return sweep(args, device)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (DataError, OSError) as err:
+        print(f"error: {error_message(err)}", file=sys.stderr)
         return 1
 
 

@@ -8,10 +8,10 @@ X, y = training_set[0]
 training_set = PackedDataset("data/packed/train")  # after `python pack_data.py`: the same (X, y)
 """
 
+import hashlib
 import io
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from torch import nn
 
 SPLITS = ("train", "validation")
 PACKED = "packed"  # pack_data.py writes data/packed/<split>/{X,y,IDs}.npy
+FINGERPRINT = "fingerprint.txt"  # and data/packed/fingerprint.txt: what it packed
 
 
 class DataError(Exception):
@@ -41,11 +42,10 @@ class Dataset(torch.utils.data.Dataset):
         self.labels = np.fromiter((labels[ID] for ID in list_IDs), np.int64, len(list_IDs))
         self.data_dir = Path(data_dir)
         # Every sample must have the shape and dtype of the first: a batch stacks them.
-        self.like = None
         if len(self.list_IDs):
-            first = str(self.list_IDs[0])
-            X = load_sample(self.data_dir / f"{first}.pt", first)
-            self.like = (X.shape, X.dtype, first)
+            self.first_ID = str(self.list_IDs[0])
+            X = load_sample(self.data_dir / f"{self.first_ID}.pt", self.first_ID)
+            self.shape, self.dtype = X.shape, X.dtype
 
     def __len__(self) -> int:
         """Denotes the total number of samples."""
@@ -60,11 +60,11 @@ class Dataset(torch.utils.data.Dataset):
         X = load_sample(self.data_dir / f"{ID}.pt", ID)
         y = int(self.labels[index])
 
-        if (X.shape, X.dtype) != self.like[:2]:
-            shape, dtype, first = self.like
+        if X.shape != self.shape or X.dtype != self.dtype:
             raise DataError(
-                f"sample {ID!r} is {X.dtype} of shape {tuple(X.shape)}, but sample {first!r} is"
-                f" {dtype} of shape {tuple(shape)}: all samples must have one shape and dtype"
+                f"sample {ID!r} is {X.dtype} of shape {tuple(X.shape)}, but sample"
+                f" {self.first_ID!r} is {self.dtype} of shape {tuple(self.shape)}:"
+                " all samples must have one shape and dtype"
             )
         return X, y
 
@@ -125,7 +125,8 @@ def load_sample(path: Path, ID: str) -> torch.Tensor:
     try:
         # A .pt file is a pickle: weights_only=True loads tensors and plain types, never runs code.
         # Read whole, then parsed from memory: fewer system calls than torch.load(path).
-        X = torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
+        # map_location: a tensor saved from a GPU loads to the CPU, as DataLoader workers need.
+        X = torch.load(io.BytesIO(path.read_bytes()), weights_only=True, map_location="cpu")
     except FileNotFoundError:
         raise DataError(
             f"sample {ID!r}: {path} not found; restore it or remove {ID!r} from partition.json"
@@ -141,6 +142,12 @@ def load_sample(path: Path, ID: str) -> torch.Tensor:
             " save each sample with torch.save(tensor, path)"
         )
     return X
+
+
+def error_message(err: Exception) -> str:
+    """One line for the user; an error raised in a DataLoader worker arrives wrapped in the
+    worker's traceback, its own message on the last line."""
+    return str(err).strip().splitlines()[-1].removeprefix(f"{__name__}.DataError: ")
 
 
 def load_error(err: Exception) -> str:
@@ -198,26 +205,39 @@ def load_partition(data_dir: str | Path) -> tuple[dict[str, list[str]], dict[str
     return partition, {ID: labels[ID] for ID in seen}  # only the labels of listed IDs
 
 
-def packed_is_stale(data_dir: str | Path) -> str | None:
-    """Why data_dir/packed cannot stand in for data_dir/<ID>.pt, or None when it can.
+def data_fingerprint(data_dir: str | Path, partition: dict[str, list[str]]) -> str:
+    """A digest of partition.json, labels.json and the size and times of every listed sample.
 
-    It can when it holds both splits and none of the files it is packed from is newer than it.
+    Any change to a sample file changes its ctime, even a copy that keeps its modification time
+    (cp -p, rsync -a, unzip), so the digest changes too.
     """
+    data_dir = Path(data_dir)
+    digest = hashlib.sha256()
+    for name in ("partition.json", "labels.json"):
+        digest.update((data_dir / name).read_bytes())
+    for split in SPLITS:
+        for ID in partition[split]:
+            stat = (data_dir / f"{ID}.pt").stat()
+            digest.update(f"{ID}/{stat.st_size}/{stat.st_mtime_ns}/{stat.st_ctime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def packed_is_stale(data_dir: str | Path) -> str | None:
+    """Why data_dir/packed cannot stand in for data_dir/<ID>.pt, or None when it can: when it
+    was packed from exactly the files data_dir holds now."""
     data_dir = Path(data_dir)
     packed = data_dir / PACKED
     try:
-        packed_at = min(
-            (packed / split / name).stat().st_mtime
-            for split in SPLITS
-            for name in ("X.npy", "y.npy", "IDs.npy")
-        )
+        packed_from = (packed / FINGERPRINT).read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return f"no packed data in {packed}"
-    with os.scandir(data_dir) as entries:
-        sources = [e for e in entries if e.name.endswith(".pt") or e.name.endswith(".json")]
-        newest = max((e.stat().st_mtime for e in sources if e.is_file()), default=0.0)
-    if newest > packed_at:
-        return f"{packed} is older than the files in {data_dir}"
+    try:
+        partition, _ = load_partition(data_dir)
+        now = data_fingerprint(data_dir, partition)
+    except (DataError, OSError):
+        now = None
+    if now != packed_from:
+        return f"{packed} was packed from other files than {data_dir} holds now"
     return None
 
 

@@ -3,13 +3,14 @@
     python pack_data.py              # data/packed/{train,validation}/{X,y,IDs}.npy
     python pytorch_script.py         # then reads data/packed, and says so
 
-The per-file data stays as it is. pytorch_script.py uses the packed copy only while it is newer
-than every file in data/: after changing the data, run pack_data.py again.
+The per-file data stays as it is. pytorch_script.py uses the packed copy only while data/ holds
+exactly the files it was packed from: after changing the data, run pack_data.py again.
 """
 
 import argparse
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,7 +18,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from my_classes import PACKED, SPLITS, DataError, load_partition, load_sample, packed_is_stale
+from my_classes import (
+    FINGERPRINT,
+    PACKED,
+    SPLITS,
+    DataError,
+    data_fingerprint,
+    load_partition,
+    load_sample,
+    packed_is_stale,
+)
 
 
 def pack_split(
@@ -37,17 +47,19 @@ def pack_split(
         out_dir / "X.npy", mode="w+", dtype=dtype, shape=(len(IDs), *like.shape)
     )
     progress = tqdm(IDs, desc=f"packing {out_dir.name}", unit="sample", leave=False, disable=None)
-    for i, ID in enumerate(progress):
-        sample = load_sample(data_dir / f"{ID}.pt", ID)
-        if sample.shape != like.shape or sample.dtype != like.dtype:
-            raise DataError(
-                f"sample {ID!r} is {sample.dtype} of shape {tuple(sample.shape)}, but the first"
-                f" training sample is {like.dtype} of shape {tuple(like.shape)}:"
-                " all samples must match to be packed"
-            )
-        X[i] = sample.numpy()
-    X.flush()
-    del X
+    try:
+        for i, ID in enumerate(progress):
+            sample = load_sample(data_dir / f"{ID}.pt", ID)
+            if sample.shape != like.shape or sample.dtype != like.dtype:
+                raise DataError(
+                    f"sample {ID!r} is {sample.dtype} of shape {tuple(sample.shape)}, but the"
+                    f" first training sample is {like.dtype} of shape {tuple(like.shape)}:"
+                    " all samples must match to be packed"
+                )
+            X[i] = sample.numpy()
+        X.flush()
+    finally:
+        del X  # unmapped, so that the directory can be removed on failure (Windows)
     np.save(out_dir / "y.npy", np.array([labels[ID] for ID in IDs], dtype=np.int64))
     np.save(out_dir / "IDs.npy", np.array(IDs, dtype=str))
 
@@ -55,21 +67,37 @@ def pack_split(
 def pack(data_dir: Path) -> Path:
     """Write data_dir/packed beside it and swap it in whole; returns its path."""
     partition, labels = load_partition(data_dir)
+    fingerprint = data_fingerprint(
+        data_dir, partition
+    )  # before reading: a change during packing shows
     first = partition["train"][0]
     like = load_sample(data_dir / f"{first}.pt", first)
-    packed = data_dir / PACKED
-    # Packed into a temporary directory first: an interrupted run leaves the old copy intact,
-    # and the temporary one is removed.
-    tmp = data_dir / f"{PACKED}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    needed = sum(len(IDs) for IDs in partition.values()) * like.element_size() * like.numel()
+    free = shutil.disk_usage(data_dir).free
+    if needed > free:  # a memory-mapped write to a full disk kills the process without a word
+        raise DataError(
+            f"packing needs {needed / 1e9:.1f} GB in {data_dir}; {free / 1e9:.1f} GB free"
+        )
+
+    packed, old = data_dir / PACKED, data_dir / f"{PACKED}.old"
+    shutil.rmtree(old, ignore_errors=True)  # from a run stopped between the two renames below
+    # Packed into a new temporary directory first: until the renames, the previous pack is
+    # untouched, and an interrupted run removes the temporary one.
+    tmp = Path(tempfile.mkdtemp(dir=data_dir, prefix=f"{PACKED}.tmp-"))
     try:
         for split in SPLITS:
             pack_split(data_dir, partition[split], labels, tmp / split, like)
+        (tmp / FINGERPRINT).write_text(fingerprint + "\n", encoding="utf-8")
         if packed.exists():
-            shutil.rmtree(packed)
+            packed.rename(old)
         tmp.rename(packed)
+    except BaseException:
+        if old.exists() and not packed.exists():
+            old.rename(packed)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
     return packed
 
 
@@ -88,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         packed = pack(args.data_dir)
-    except DataError as err:
+    except (DataError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     size = sum(path.stat().st_size for path in packed.rglob("*.npy")) / 1e6

@@ -38,6 +38,7 @@ from my_classes import (
     Dataset,
     Net,
     PackedDataset,
+    error_message,
     load_error,
     load_partition,
     packed_is_stale,
@@ -109,7 +110,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=["auto", "files", "packed"],
         default="auto",
         help="files: data/<ID>.pt; packed: data/packed from pack_data.py;"
-        " auto: packed while it is newer than every file in data/",
+        " auto: packed while data/ holds the files it was packed from",
     )
     parser.add_argument(
         "--max-epochs",
@@ -192,15 +193,16 @@ def usable_cpus() -> int:
 
 def pick_data_format(data_dir: Path, data_format: str, say: Callable = print) -> str:
     """'files' or 'packed', as asked; for 'auto', packed when pack_data.py's copy is current."""
+    if data_format == "files":
+        return data_format
     stale = packed_is_stale(data_dir)
     if data_format == "auto":
-        data_format = "files" if stale else "packed"
-        say(
-            f"data: {data_dir / PACKED} (up to date)"
-            if not stale
-            else f"data: {data_dir}/<ID>.pt ({stale})"
-        )
-    elif data_format == "packed" and stale:
+        if stale:
+            say(f"data: {data_dir}/<ID>.pt ({stale})")
+            return "files"
+        say(f"data: {data_dir / PACKED} (up to date)")
+        return "packed"
+    if stale:
         if not (data_dir / PACKED).exists():
             raise DataError(f"{stale}: run `python pack_data.py` first")
         say(f"warning: {stale}; run `python pack_data.py` to update it")
@@ -276,13 +278,16 @@ def train(
     num_samples = 0
     batches = islice(training_generator, max_batches)
     total = min(len(training_generator), max_batches or len(training_generator))
-    start = ready = time.perf_counter()
+    start = ready = None
     waited = 0.0
     # The bar appears only in a terminal, when an epoch takes more than two seconds.
     for local_batch, local_labels in tqdm(
         batches, desc, total, leave=False, delay=2, unit="batch", disable=None if desc else True
     ):
-        waited += time.perf_counter() - ready
+        if start is None:  # counted from the first batch: starting workers is not waiting for data
+            start = time.perf_counter()
+        else:
+            waited += time.perf_counter() - ready
 
         # Transfer to GPU, as float32 (the model's dtype: uint8 or float64 samples work as saved)
         local_batch = local_batch.to(device, torch.float32, non_blocking=non_blocking)
@@ -301,7 +306,8 @@ def train(
         loss_sum += loss.detach().float() * len(local_labels)
         num_samples += len(local_labels)
         ready = time.perf_counter()
-    return loss_sum.item(), num_samples, waited / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start if start else 0.0
+    return loss_sum.item(), num_samples, waited / elapsed if elapsed else 0.0
 
 
 @torch.no_grad()
@@ -502,7 +508,6 @@ def run(args: argparse.Namespace) -> None:
     # Objects made so far live as long as the run: keep the garbage collector of each forked
     # worker from writing to them, which would copy their pages into it (tens of MB each).
     gc.freeze()
-
     metrics_file = None  # rank 0 writes the metrics and the checkpoints
     if rank == 0:
         args.metrics_csv.parent.mkdir(parents=True, exist_ok=True)
@@ -571,6 +576,7 @@ def run(args: argparse.Namespace) -> None:
                 f"nothing to do: {args.checkpoint_dir / 'last.pt'} is already at epoch {max_epochs}"
             )
     finally:
+        gc.unfreeze()
         if metrics_file:
             metrics_file.close()
 
@@ -583,12 +589,9 @@ def main(argv: list[str] | None = None) -> int:
         # Free the DataLoader workers now: the exception's frames hold them in a reference
         # cycle, which only the garbage collector would break, 10 s later (torch's shutdown).
         traceback.clear_frames(err.__traceback__)
-        # An error raised in a DataLoader worker arrives wrapped in the worker's traceback.
-        message = str(err).strip().splitlines()[-1].removeprefix("my_classes.DataError: ")
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {error_message(err)}", file=sys.stderr)
         return 1
     finally:
-        gc.unfreeze()  # for callers in this process (tests, the cookiecutter hook)
         if dist.is_initialized():
             dist.destroy_process_group()
     return 0

@@ -98,6 +98,21 @@ def test_a_slow_loader_is_reported_as_data_bound(
     assert "the run is data-bound. `python bench_loader.py` finds faster" in warnings[0]
 
 
+def test_the_garbage_collector_is_frozen_while_workers_run(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    load, freeze, unfreeze = my_classes.load_sample, gc.freeze, gc.unfreeze
+    monkeypatch.setattr(my_classes, "load_sample", lambda *a: events.append("load") or load(*a))
+    monkeypatch.setattr(gc, "freeze", lambda: events.append("freeze") or freeze())
+    monkeypatch.setattr(gc, "unfreeze", lambda: events.append("unfreeze") or unfreeze())
+    flags = ["--dry-run", "--num-workers", "0", "--batch-size", "8"]
+    assert train(tiny_data, tmp_path / "m.csv", *flags) == 0
+    # The first sample of each split and the model's input shape; then the epoch, frozen.
+    assert events == ["load"] * 3 + ["freeze"] + ["load"] * 32 + ["unfreeze"]
+    assert gc.get_freeze_count() == 0
+
+
 def private_memory_kb(pid: int) -> int:
     """Pages the process has written to itself: what copy-on-write costs it (USS)."""
     fields = {}

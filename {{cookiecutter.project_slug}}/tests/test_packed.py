@@ -43,8 +43,15 @@ def test_packed_samples_are_bitwise_the_per_file_samples(tiny_data: Path) -> Non
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_packed_batches_equal_per_file_batches(tiny_data: Path, num_workers: int) -> None:
+def test_packed_batches_equal_per_file_batches(
+    tiny_data: Path, num_workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+
+    def one_at_a_time(self: PackedDataset, index: int) -> None:
+        raise AssertionError("the loader must read whole batches with __getitems__")
+
+    monkeypatch.setattr(PackedDataset, "__getitem__", one_at_a_time)
     partition, labels = load_partition(tiny_data)
     files = loader(Dataset(partition["train"], labels, tiny_data), num_workers, packed=False)
     packed = loader(PackedDataset(tiny_data / PACKED / "train"), num_workers, packed=True)
@@ -81,11 +88,30 @@ def test_pack_is_skipped_while_current_and_redone_when_stale(
 
     later = time.time() + 5
     os.utime(tiny_data / "id-3.pt", (later, later))
-    assert (
-        packed_is_stale(tiny_data) == f"{tiny_data / PACKED} is older than the files in {tiny_data}"
-    )
+    stale = f"{tiny_data / PACKED} was packed from other files than {tiny_data} holds now"
+    assert packed_is_stale(tiny_data) == stale
     assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
     assert "Packed" in capsys.readouterr().out
+    assert packed_is_stale(tiny_data) is None
+
+
+def test_a_copy_that_keeps_old_timestamps_makes_the_pack_stale(tiny_data: Path) -> None:
+    """cp -p, rsync -a and unzip keep modification times: the pack must not be trusted."""
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    path = tiny_data / "id-5.pt"
+    times = (path.stat().st_atime, path.stat().st_mtime)
+    torch.save(torch.ones(1, 8, 8), path)
+    os.utime(path, times)  # as cp -p leaves it: new content, old modification time
+    assert packed_is_stale(tiny_data) is not None
+
+
+def snapshot(directory: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file below directory: inode and content."""
+    return {
+        str(p.relative_to(directory)): (p.stat().st_ino, p.read_bytes())
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.parametrize(
@@ -99,7 +125,7 @@ def test_pack_refuses_mixed_shapes_and_dtypes_and_keeps_the_old_pack(
     tiny_data: Path, capsys: pytest.CaptureFixture[str], bad: torch.Tensor, message: str
 ) -> None:
     assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
-    old = (tiny_data / PACKED / "train" / "X.npy").read_bytes()
+    old = snapshot(tiny_data / PACKED)
     partition, _ = load_partition(tiny_data)
     ID = partition["validation"][7]
     torch.save(bad, tiny_data / f"{ID}.pt")
@@ -107,7 +133,7 @@ def test_pack_refuses_mixed_shapes_and_dtypes_and_keeps_the_old_pack(
     assert pack_data.main(["--data-dir", str(tiny_data)]) == 1
 
     assert f"error: sample '{ID}' {message}" in capsys.readouterr().err
-    assert (tiny_data / PACKED / "train" / "X.npy").read_bytes() == old
+    assert snapshot(tiny_data / PACKED) == old  # the same files, untouched
     assert sorted(p.name for p in tiny_data.iterdir() if p.is_dir()) == [PACKED]
 
 
@@ -124,9 +150,9 @@ def test_training_picks_packed_data_while_it_is_current(
     assert train(tiny_data, metrics_csv, "--dry-run", "--num-workers", "0") == 0
     assert f"data: {tiny_data / PACKED} (up to date)" in capsys.readouterr().out
 
-    os.utime(tiny_data / "labels.json", (time.time() + 5, time.time() + 5))
+    torch.save(torch.ones(1, 8, 8), tiny_data / "id-3.pt")  # the data changes
     assert train(tiny_data, metrics_csv, "--dry-run", "--num-workers", "0") == 0
-    assert "is older than the files in" in capsys.readouterr().out
+    assert "was packed from other files than" in capsys.readouterr().out
 
 
 def test_packed_training_matches_per_file_training(tiny_data: Path, tmp_path: Path) -> None:
