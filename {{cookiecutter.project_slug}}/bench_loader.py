@@ -123,17 +123,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="as for training")
     parser.add_argument(
-        "--format", choices=["files", "packed"], help="measure this format only (with --json)"
+        "--format", choices=["files", "packed"], help="measure one setting in this format"
     )
-    parser.add_argument("--num-workers", type=non_negative_int, default=0, help="with --format")
+    parser.add_argument("--num-workers", type=non_negative_int, help="with --format (default 0)")
     parser.add_argument(
         "--batch-size",
         type=positive_int,
         default={{ cookiecutter.batch_size | int }},
+        help="the batch size to train with; the sweep also tries four times it",
     )
-    parser.add_argument("--prefetch-factor", type=positive_int, default=2, help="with --format")
+    parser.add_argument("--prefetch-factor", type=positive_int, help="with --format (default 2)")
     parser.add_argument("--epochs", type=positive_int, default=2, help="epochs per measurement")
     parser.add_argument("--repeats", type=positive_int, default=3, help="measurements per median")
     parser.add_argument(
@@ -144,8 +145,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", action="store_true", help="one JSON object (with --format)")
     args = parser.parse_args(argv)
-    if args.json and not args.format:
-        parser.error("--json measures one setting: give --format too")
+    if not args.format and (args.json or args.num_workers is not None or args.prefetch_factor):
+        parser.error(
+            "--json, --num-workers and --prefetch-factor measure one setting: give --format"
+        )
+    args.num_workers = args.num_workers or 0
+    args.prefetch_factor = args.prefetch_factor or 2
     return args
 
 
@@ -219,7 +224,8 @@ def sweep(args: argparse.Namespace, device: torch.device) -> int:
         and row[2]["pin_memory"] == (device.type == "cuda")
     ]
     rate, data_format, s = usable[0]
-    flags = f"--data-format {data_format} --num-workers {s['num_workers']}"
+    flags = f"--data-format {data_format} --batch-size {args.batch_size}"
+    flags += f" --num-workers {s['num_workers']}"
     if s["num_workers"]:
         flags += f" --prefetch-factor {s['prefetch_factor']}"
     print(f"fastest at --batch-size {args.batch_size}: {rate:,.0f} samples/s with")

@@ -157,7 +157,8 @@ def load_error(err: Exception) -> str:
     if str(err).startswith("Weights only load failed") and err.__context__ is not None:
         err = err.__context__
     lines = str(err).strip().splitlines()
-    return lines[0].split(". ")[0] if lines else type(err).__name__
+    reason = lines[0].split(". ")[0] if lines else ""
+    return reason if " " in reason else f"{type(err).__name__}: {reason}".rstrip(": ")
 
 
 def load_partition(data_dir: str | Path) -> tuple[dict[str, list[str]], dict[str, int]]:

@@ -84,6 +84,7 @@ def pack(data_dir: Path) -> Path:
     # Packed into a new temporary directory first: until the renames, the previous pack is
     # untouched, and an interrupted run removes the temporary one.
     tmp = Path(tempfile.mkdtemp(dir=data_dir, prefix=f"{PACKED}.tmp-"))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the packed data is shared like data/
     try:
         for split in SPLITS:
             pack_split(data_dir, partition[split], labels, tmp / split, like)

@@ -135,9 +135,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--metrics-csv",
         type=Path,
-        default=Path("runs/metrics.csv"),
-        help="one row per epoch: epoch,train_loss,val_loss,val_accuracy (a new run replaces it,"
-        " --resume appends)",
+        help="one row per epoch: epoch,train_loss,val_loss,val_accuracy; default"
+        " runs/metrics.csv, none for --dry-run",
     )
     parser.add_argument(
         "--checkpoint-dir",
@@ -152,9 +151,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="mixed precision: bfloat16 on the CPU, float16 with loss scaling on CUDA",
     )
     parser.add_argument(
-        "--dry-run", action="store_true", help="one epoch of two batches per split, then stop"
+        "--dry-run",
+        action="store_true",
+        help="one epoch of two batches per split, then stop; writes no checkpoint",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.metrics_csv is None and not args.dry_run:
+        args.metrics_csv = Path("runs/metrics.csv")
+    return args
 
 
 def get_device(name: str) -> torch.device:
@@ -194,17 +198,20 @@ def usable_cpus() -> int:
 def pick_data_format(data_dir: Path, data_format: str, say: Callable = print) -> str:
     """'files' or 'packed', as asked; for 'auto', packed when pack_data.py's copy is current."""
     if data_format == "files":
+        say(f"data: {data_dir}/<ID>.pt")
         return data_format
     stale = packed_is_stale(data_dir)
     if data_format == "auto":
         if stale:
-            say(f"data: {data_dir}/<ID>.pt ({stale})")
+            hint = "" if stale.startswith("no packed") else "; `python pack_data.py` updates it"
+            say(f"data: {data_dir}/<ID>.pt ({stale}{hint})")
             return "files"
         say(f"data: {data_dir / PACKED} (up to date)")
         return "packed"
+    say(f"data: {data_dir / PACKED}")
     if stale:
         if not (data_dir / PACKED).exists():
-            raise DataError(f"{stale}: run `python pack_data.py` first")
+            raise DataError(f"{stale}: run `python pack_data.py --data-dir {data_dir}` first")
         say(f"warning: {stale}; run `python pack_data.py` to update it")
     return data_format
 
@@ -376,12 +383,24 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
 
 
+def keep_metrics_until(metrics_csv: Path, last_epoch: int) -> None:
+    """Drop the rows after last_epoch, of an epoch that ended after its checkpoint was saved."""
+    with open(metrics_csv, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    rows = rows[:1] + [row for row in rows[1:] if row and int(row[0]) <= last_epoch]
+    tmp = metrics_csv.with_name(metrics_csv.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f, lineterminator="\n").writerows(rows)
+    os.replace(tmp, metrics_csv)
+
+
 def save_checkpoint(checkpoint: dict, path: Path) -> None:
     """Write to a temporary file beside path, flush it to the disk, then rename it over path:
     a crash at any moment leaves the previous checkpoint or the new one, whole, and no litter."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(name, 0o644)  # mkstemp makes it private; a checkpoint is shared like any file
         with os.fdopen(fd, "wb") as f:
             torch.save(checkpoint, f)
             f.flush()
@@ -406,7 +425,8 @@ def load_checkpoint(path: Path, device: torch.device) -> dict:
             f"{path} is not a checkpoint this script can load ({load_error(err)});"
             " train without --resume, or resume from a copy of best.pt"
         ) from None
-    keys = {"model", "optimizer", "scaler", "epoch", "best_val_accuracy", "rng"}
+    keys = {"model", "optimizer", "scaler", "epoch", "best_val_accuracy", "rng", "input_shape"}
+    keys |= {"num_classes"}
     if not isinstance(checkpoint, dict) or not keys <= set(checkpoint):
         raise DataError(f"{path} is not a checkpoint of pytorch_script.py (it lacks {keys})")
     return checkpoint
@@ -416,6 +436,12 @@ def run(args: argparse.Namespace) -> None:
     """The article's script, complete: parameters, datasets, generators, model, loop over epochs."""
     # torchrun starts one process per GPU (or per --nproc_per_node) and tells each its rank.
     rank = int(os.environ.get("RANK", 0))
+    last = args.checkpoint_dir / "last.pt"
+    if last.exists() and not (args.resume or args.dry_run):
+        raise DataError(
+            f"{last} holds an earlier run: --resume goes on with it, --checkpoint-dir DIR starts"
+            f" a new run beside it (or delete {args.checkpoint_dir})"
+        )
     say = print if rank == 0 else lambda *_, **__: None  # one voice, not one per rank
     seed_everything(args.seed)  # the same on every rank: the same initial weights
 
@@ -472,8 +498,14 @@ def run(args: argparse.Namespace) -> None:
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp and device.type == "cuda")
     start_epoch, best_val_accuracy = 1, -1.0
     if args.resume:
-        path = args.checkpoint_dir / "last.pt"
+        path = last
         checkpoint = load_checkpoint(path, device)
+        saved_for = (tuple(checkpoint["input_shape"]), checkpoint["num_classes"])
+        if saved_for != (input_shape, num_classes):
+            raise DataError(
+                f"{path} was saved for samples of shape {saved_for[0]} in {saved_for[1]} classes;"
+                f" {args.data_dir} has shape {input_shape} in {num_classes}: train without --resume"
+            )
         try:
             model.load_state_dict(checkpoint["model"])
             optimizer.load_state_dict(checkpoint["optimizer"])
@@ -484,10 +516,12 @@ def run(args: argparse.Namespace) -> None:
                 f"{path} was saved for another model, data or --amp ({reason});"
                 " train without --resume"
             ) from None
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr  # this run's --lr, as every other flag of this run
         set_rng_states(checkpoint["rng"])
         start_epoch = checkpoint["epoch"] + 1
         best_val_accuracy = checkpoint["best_val_accuracy"]
-        say(f"resuming after epoch {checkpoint['epoch']} of {max_epochs} from {path}")
+        say(f"resuming after epoch {checkpoint['epoch']} from {path}")
     if dist.is_initialized():
         # Gradients are averaged over the ranks after each backward pass.
         model = nn.parallel.DistributedDataParallel(model)
@@ -509,9 +543,11 @@ def run(args: argparse.Namespace) -> None:
     # worker from writing to them, which would copy their pages into it (tens of MB each).
     gc.freeze()
     metrics_file = None  # rank 0 writes the metrics and the checkpoints
-    if rank == 0:
+    if rank == 0 and args.metrics_csv:
         args.metrics_csv.parent.mkdir(parents=True, exist_ok=True)
         appending = args.resume and args.metrics_csv.exists()
+        if appending:
+            keep_metrics_until(args.metrics_csv, start_epoch - 1)
         metrics_file = open(args.metrics_csv, "a" if appending else "w", encoding="utf-8")
         metrics = csv.writer(metrics_file, lineterminator="\n")
         if not appending:
@@ -559,6 +595,7 @@ def run(args: argparse.Namespace) -> None:
                     [epoch, f"{train_loss:.6f}", f"{val_loss:.6f}", f"{val_accuracy:.6f}"]
                 )
                 metrics_file.flush()  # each finished epoch is on disk, even if a later one crashes
+            if rank == 0 and not args.dry_run:
                 checkpoint = {
                     "model": unwrapped.state_dict(),
                     "optimizer": optimizer.state_dict(),
@@ -566,15 +603,15 @@ def run(args: argparse.Namespace) -> None:
                     "epoch": epoch,
                     "best_val_accuracy": max(val_accuracy, best_val_accuracy),
                     "rng": rng_states(),
+                    "input_shape": list(input_shape),
+                    "num_classes": num_classes,
                 }
                 save_checkpoint(checkpoint, args.checkpoint_dir / "last.pt")
                 if val_accuracy > best_val_accuracy:
                     save_checkpoint(checkpoint, args.checkpoint_dir / "best.pt")
             best_val_accuracy = max(val_accuracy, best_val_accuracy)
         if start_epoch > max_epochs:
-            say(
-                f"nothing to do: {args.checkpoint_dir / 'last.pt'} is already at epoch {max_epochs}"
-            )
+            say(f"nothing to do: {last} is at epoch {start_epoch - 1}, --max-epochs {max_epochs}")
     finally:
         gc.unfreeze()
         if metrics_file:
@@ -585,11 +622,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except (DataError, OSError) as err:
+    except (DataError, OSError, KeyboardInterrupt) as err:
         # Free the DataLoader workers now: the exception's frames hold them in a reference
         # cycle, which only the garbage collector would break, 10 s later (torch's shutdown).
         traceback.clear_frames(err.__traceback__)
-        print(f"error: {error_message(err)}", file=sys.stderr)
+        who = f" (rank {os.environ['RANK']})" if "RANK" in os.environ else ""
+        if isinstance(err, KeyboardInterrupt):
+            print(
+                f"interrupted{who}: {args.checkpoint_dir / 'last.pt'} holds the last complete"
+                " epoch, if any; --resume goes on from it",
+                file=sys.stderr,
+            )
+            return 130
+        print(f"error{who}: {error_message(err)}", file=sys.stderr)
         return 1
     finally:
         if dist.is_initialized():

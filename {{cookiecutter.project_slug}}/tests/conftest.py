@@ -10,7 +10,7 @@ def train(data_dir: Path, metrics_csv: Path, *flags: str) -> int:
     """pytorch_script.py on the CPU (whatever this machine has), as a user runs it; checkpoints
     beside the metrics unless flags say otherwise."""
     argv = ["--device", "cpu", "--data-dir", str(data_dir), "--metrics-csv", str(metrics_csv)]
-    argv += ["--checkpoint-dir", str(metrics_csv.parent / "checkpoints")]
+    argv += ["--checkpoint-dir", str(metrics_csv.parent / f"{metrics_csv.stem}-checkpoints")]
     return pytorch_script.main([*argv, *flags])
 
 

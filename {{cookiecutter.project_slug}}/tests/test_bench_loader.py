@@ -42,7 +42,13 @@ def test_sweep_prints_a_table_and_flags_that_pytorch_script_takes(
     command = lines[-1].split()
     assert command[:2] == ["python", "pytorch_script.py"]
     args = pytorch_script.parse_args(command[2:])
-    assert args.data_format in ("files", "packed")
+    assert args.data_format in ("files", "packed") and args.batch_size == 16
+
+
+def test_one_setting_options_need_a_format(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        bench_loader.main(["--num-workers", "2"])
+    assert "give --format" in capsys.readouterr().err
 
 
 def test_without_packed_data_the_sweep_says_how_to_add_it(

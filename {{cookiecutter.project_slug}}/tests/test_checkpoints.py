@@ -1,4 +1,8 @@
 import csv
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -6,6 +10,9 @@ import torch
 
 import pytorch_script
 from conftest import train
+from make_sample_data import make_sample_data
+
+PROJECT = Path(pytorch_script.__file__).parent
 
 
 def checkpoint_files(directory: Path) -> list[str]:
@@ -20,7 +27,11 @@ def test_every_epoch_saves_last_and_best_loadable_safely(tiny_data: Path, tmp_pa
     assert checkpoint_files(checkpoints) == ["best.pt", "last.pt"]
     last = torch.load(checkpoints / "last.pt", weights_only=True)
     best = torch.load(checkpoints / "best.pt", weights_only=True)
-    assert set(last) == {"model", "optimizer", "scaler", "epoch", "best_val_accuracy", "rng"}
+    assert set(last) == {
+        "model", "optimizer", "scaler", "epoch", "best_val_accuracy", "rng", "input_shape",
+        "num_classes",
+    }  # fmt: skip
+    assert (last["input_shape"], last["num_classes"]) == ([1, 8, 8], 4)
     assert last["epoch"] == 3 and set(last["rng"]) == {"python", "numpy", "torch", "cuda"}
     with open(tmp_path / "m.csv") as f:
         accuracies = [float(row["val_accuracy"]) for row in csv.DictReader(f)]
@@ -42,7 +53,7 @@ def test_a_save_that_fails_half_way_leaves_the_previous_checkpoint(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", half_a_save)
-    assert train(tiny_data, tmp_path / "m.csv", "--max-epochs", "1", *flags) == 1
+    assert train(tiny_data, tmp_path / "m.csv", "--max-epochs", "2", "--resume", *flags) == 1
 
     assert (checkpoints / "last.pt").read_bytes() == before
     assert checkpoint_files(checkpoints) == ["best.pt", "last.pt"]  # no temporary file left
@@ -132,6 +143,7 @@ def test_a_checkpoint_of_another_model_is_refused(tiny_data: Path, tmp_path: Pat
     checkpoint = {
         "model": pytorch_script.Net((1, 8, 8), num_classes=7).state_dict(),
         "optimizer": {}, "scaler": {}, "epoch": 1, "best_val_accuracy": 0.5, "rng": {},
+        "input_shape": [1, 8, 8], "num_classes": 4,  # what it claims, not what it holds
     }  # fmt: skip
     pytorch_script.save_checkpoint(checkpoint, checkpoints / "last.pt")
     before = (checkpoints / "last.pt").read_bytes()
@@ -144,11 +156,74 @@ def test_a_checkpoint_of_another_model_is_refused(tiny_data: Path, tmp_path: Pat
     assert (checkpoints / "last.pt").read_bytes() == before
 
 
+def test_a_checkpoint_of_other_data_is_refused(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    """Images of another size fit the same weights: the shape is checked, not just the weights."""
+    checkpoints = tmp_path / "checkpoints"
+    flags = ["--num-workers", "0", "--checkpoint-dir", str(checkpoints), "--max-epochs", "1"]
+    assert train(tiny_data, tmp_path / "m.csv", *flags) == 0
+    other = tmp_path / "other"
+    make_sample_data(
+        other, num_samples=64, shape=(1, 16, 16), num_classes=4, validation_fraction=0.25
+    )
+
+    assert train(other, tmp_path / "m.csv", *flags, "--resume", "--max-epochs", "2") == 1
+    err = capsys.readouterr().err
+    assert "last.pt was saved for samples of shape (1, 8, 8) in 4 classes;" in err
+    assert "has shape (1, 16, 16) in 4: train without --resume" in err
+
+
+def test_a_new_run_does_not_overwrite_an_earlier_runs_checkpoints(
+    tiny_data: Path, tmp_path: Path, capsys
+) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    flags = ["--num-workers", "0", "--checkpoint-dir", str(checkpoints), "--max-epochs", "1"]
+    assert train(tiny_data, tmp_path / "m.csv", *flags) == 0
+    before = {p.name: p.read_bytes() for p in checkpoints.iterdir()}
+    metrics = (tmp_path / "m.csv").read_text()
+
+    assert train(tiny_data, tmp_path / "m.csv", *flags) == 1
+    assert "last.pt holds an earlier run: --resume goes on with it" in capsys.readouterr().err
+    # A dry run checks without saving anything.
+    assert pytorch_script.main(["--device", "cpu", "--data-dir", str(tiny_data), "--dry-run",
+                                "--checkpoint-dir", str(checkpoints)]) == 0  # fmt: skip
+    assert {p.name: p.read_bytes() for p in checkpoints.iterdir()} == before
+    assert (tmp_path / "m.csv").read_text() == metrics
+    assert not Path("runs").exists()
+
+
+def test_resume_drops_metrics_of_epochs_after_the_checkpoint(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """Stopped after writing an epoch's row but before saving its checkpoint."""
+    flags = ["--num-workers", "0", "--checkpoint-dir", str(tmp_path / "c"), "--seed", "2"]
+    assert train(tiny_data, tmp_path / "m.csv", *flags, "--max-epochs", "2") == 0
+    rows = (tmp_path / "m.csv").read_text().splitlines()
+    (tmp_path / "m.csv").write_text("\n".join([*rows, "3,9,9,0.1"]) + "\n")
+
+    assert train(tiny_data, tmp_path / "m.csv", *flags, "--max-epochs", "3", "--resume") == 0
+    epochs = [line.split(",")[0] for line in (tmp_path / "m.csv").read_text().splitlines()]
+    assert epochs == ["epoch", "1", "2", "3"]
+    assert "9,9,0.1" not in (tmp_path / "m.csv").read_text()
+
+
+def test_resume_takes_this_runs_learning_rate(tiny_data: Path, tmp_path: Path) -> None:
+    flags = ["--num-workers", "0", "--checkpoint-dir", str(tmp_path / "c")]
+    assert train(tiny_data, tmp_path / "m.csv", *flags, "--max-epochs", "1") == 0
+    assert (
+        train(
+            tiny_data, tmp_path / "m.csv", *flags, "--max-epochs", "2", "--resume", "--lr", "0.05"
+        )
+        == 0
+    )
+    optimizer = torch.load(tmp_path / "c" / "last.pt", weights_only=True)["optimizer"]
+    assert optimizer["param_groups"][0]["lr"] == 0.05
+
+
 def test_resume_past_the_last_epoch_does_nothing(tiny_data: Path, tmp_path: Path, capsys) -> None:
     flags = ["--num-workers", "0", "--checkpoint-dir", str(tmp_path / "c"), "--max-epochs", "1"]
     assert train(tiny_data, tmp_path / "m.csv", *flags) == 0
     assert train(tiny_data, tmp_path / "m.csv", *flags, "--resume") == 0
-    assert "nothing to do:" in capsys.readouterr().out
+    assert "nothing to do: " in capsys.readouterr().out
     assert len((tmp_path / "m.csv").read_text().splitlines()) == 2
 
 
@@ -160,3 +235,34 @@ def test_mixed_precision_trains_on_the_cpu(tiny_data: Path, tmp_path: Path) -> N
         rows = list(csv.DictReader(f))
     assert float(rows[-1]["val_accuracy"]) >= 0.8  # chance is 0.25
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"]) / 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_last_complete_epoch_and_resume_goes_on(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    checkpoints, metrics_csv = tmp_path / "checkpoints", tmp_path / "m.csv"
+    command = [sys.executable, "pytorch_script.py", "--device", "cpu", "--data-dir", str(tiny_data)]
+    command += ["--metrics-csv", str(metrics_csv), "--checkpoint-dir", str(checkpoints)]
+    command += ["--num-workers", "2", "--batch-size", "8"]
+    run = subprocess.Popen(
+        [*command, "--max-epochs", "1000"], cwd=PROJECT, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not (metrics_csv.exists() and len(metrics_csv.read_text().splitlines()) > 3):
+        assert time.monotonic() < deadline and run.poll() is None
+        time.sleep(0.1)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=60)
+
+    assert run.returncode == 130
+    assert "interrupted: " in err and "--resume goes on from it" in err and "Traceback" not in err
+    assert checkpoint_files(checkpoints) == ["best.pt", "last.pt"]  # whole, no temporary file
+    epoch = torch.load(checkpoints / "last.pt", weights_only=True)["epoch"]
+    assert epoch >= 2  # the row of the epoch after it may be written: resume drops it
+    resumed = subprocess.run(
+        [*command, "--max-epochs", str(epoch + 1), "--resume"], cwd=PROJECT, capture_output=True
+    )
+    assert resumed.returncode == 0
+    epochs = [row.split(",")[0] for row in metrics_csv.read_text().splitlines()[1:]]
+    assert epochs == [str(n) for n in range(1, epoch + 2)]

@@ -73,9 +73,9 @@ def test_one_failing_rank_fails_the_whole_job(odd_data: Path, tmp_path: Path) ->
         "--checkpoint-dir", str(tmp_path / "checkpoints"), "--num-workers", "0",
     )  # fmt: skip
     assert result.returncode != 0
-    missing = f"error: sample '{partition['train'][101]}': "
+    missing = f"error (rank 1): sample '{partition['train'][101]}': "
     assert missing in result.stderr and ".pt not found" in result.stderr
-    assert result.stderr.count("error: sample") == 1, "rank 0 had nothing to complain about"
+    assert result.stderr.count("error (rank") == 1, "rank 0 had nothing to complain about"
 
 
 def test_ranks_share_the_data_and_the_order_changes_every_epoch(

@@ -144,7 +144,7 @@ def test_training_picks_packed_data_while_it_is_current(
     assert train(tiny_data, metrics_csv, "--dry-run", "--num-workers", "0") == 0
     assert f"data: {tiny_data}/<ID>.pt (no packed data in" in capsys.readouterr().out
     assert train(tiny_data, metrics_csv, "--dry-run", "--data-format", "packed") == 1
-    assert "run `python pack_data.py` first" in capsys.readouterr().err
+    assert f"run `python pack_data.py --data-dir {tiny_data}` first" in capsys.readouterr().err
 
     assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
     assert train(tiny_data, metrics_csv, "--dry-run", "--num-workers", "0") == 0
