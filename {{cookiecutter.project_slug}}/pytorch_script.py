@@ -14,15 +14,18 @@ On the default sample data, on a 2-core CPU, the last line reads like
 """
 
 import argparse
+import contextlib
 import csv
 import gc
 import os
 import random
+import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
 
@@ -394,21 +397,38 @@ def keep_metrics_until(metrics_csv: Path, last_epoch: int) -> None:
     os.replace(tmp, metrics_csv)
 
 
+@contextlib.contextmanager
+def ctrl_c_deferred() -> Iterator[None]:
+    """Hold Ctrl-C back until the block is done, then raise KeyboardInterrupt as usual."""
+    if threading.current_thread() is not threading.main_thread():  # only it gets signals
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 def save_checkpoint(checkpoint: dict, path: Path) -> None:
     """Write to a temporary file beside path, flush it to the disk, then rename it over path:
     a crash at any moment leaves the previous checkpoint or the new one, whole, and no litter."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(name, 0o644)  # mkstemp makes it private; a checkpoint is shared like any file
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
+    with ctrl_c_deferred():  # Ctrl-C waits for the save, rather than leave its file half-made
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            os.chmod(name, 0o644)  # mkstemp makes it private; a checkpoint is shared like any file
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(name, path)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
 
 
 def load_checkpoint(path: Path, device: torch.device) -> dict:
