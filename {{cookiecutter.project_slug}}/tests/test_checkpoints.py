@@ -64,52 +64,21 @@ def test_a_save_that_fails_half_way_leaves_the_previous_checkpoint(
 def test_resuming_gives_the_weights_of_an_uninterrupted_run(
     tiny_data: Path, tmp_path: Path, num_workers: str
 ) -> None:
-    flags = ["--num-workers", num_workers, "--seed", "5"]
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert (
-        train(
-            tiny_data,
-            straight / "m.csv",
-            *flags,
-            "--checkpoint-dir",
-            str(straight),
-            "--max-epochs",
-            "4",
-        )
-        == 0
-    )
-    assert (
-        train(
-            tiny_data,
-            resumed / "m.csv",
-            *flags,
-            "--checkpoint-dir",
-            str(resumed),
-            "--max-epochs",
-            "2",
-        )
-        == 0
-    )
-    assert (
-        train(
-            tiny_data,
-            resumed / "m.csv",
-            *flags,
-            "--checkpoint-dir",
-            str(resumed),
-            "--max-epochs",
-            "4",
-            "--resume",
-        )
-        == 0
-    )
+    def run(name: str, *flags: str) -> None:
+        where = ["--checkpoint-dir", str(tmp_path / name), "--num-workers", num_workers]
+        assert train(tiny_data, tmp_path / name / "m.csv", *where, "--seed", "5", *flags) == 0
 
-    a = torch.load(straight / "last.pt", weights_only=True)
-    b = torch.load(resumed / "last.pt", weights_only=True)
+    run("straight", "--max-epochs", "4")
+    run("resumed", "--max-epochs", "2")
+    run("resumed", "--max-epochs", "4", "--resume")
+
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
     assert a["epoch"] == b["epoch"] == 4
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
-    assert (straight / "m.csv").read_text() == (resumed / "m.csv").read_text()
+    metrics = [(tmp_path / name / "m.csv").read_text() for name in ("straight", "resumed")]
+    assert metrics[0] == metrics[1]
 
 
 @pytest.mark.parametrize(
