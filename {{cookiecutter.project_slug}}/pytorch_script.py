@@ -10,7 +10,7 @@
     python pytorch_script.py --help        # every flag, with its default
 
 On the default sample data, on a 2-core CPU, the last line reads like
-    epoch 100/100  train_loss 0.0000  val_loss 0.0000  val_accuracy 1.0000  data_wait 19%  (0.4 s)
+    epoch 100/100  train_loss 0.0000  val_loss 0.0000  val_accuracy 1.0000  data_wait 9%  (0.4 s)
 """
 
 import argparse
