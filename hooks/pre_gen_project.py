@@ -16,6 +16,8 @@ TAKEN = {
     "my_classes", "pytorch_script", "make_sample_data", "pack_data", "bench_loader",
     "data", "runs", "tests", "checkpoints",
 }  # fmt: skip
+# Names Windows reserves for devices: no file or directory may have them there.
+WINDOWS = {"con", "prn", "aux", "nul"} | {f"{d}{n}" for d in ("com", "lpt") for n in range(1, 10)}
 WHOLE = re.compile(r"[0-9]+")
 
 
@@ -35,6 +37,8 @@ def check_slug(slug: str) -> str | None:
         return "it is a Python keyword"
     if slug.lower() in sys.stdlib_module_names or slug.lower() in TAKEN:
         return "a module of that name exists and the project would shadow it"
+    if slug.lower() in WINDOWS:
+        return "Windows reserves that name for a device"
     return None
 
 

@@ -11,6 +11,8 @@ from cookiecutter.main import cookiecutter
 
 from conftest import NO_DATA, ROOT
 
+NO_DATA_ARGS = [f"{k}={v}" for k, v in NO_DATA.items()]
+
 BAD_ANSWERS = [
     ("project_slug", "my-proj"),
     ("project_slug", "1abc"),
@@ -25,6 +27,11 @@ BAD_ANSWERS = [
     ("project_slug", "tests"),
     ("project_slug", "café"),
     ("project_slug", "sympy"),
+    ("project_slug", "con"),
+    ("project_slug", "NUL"),
+    ("project_slug", "lpt1"),
+    ("project_slug", "../escaped"),
+    ("project_slug", "/tmp/absolute"),
     ("project_name", "bell\x07"),
     ("description", "nul\x00"),
     ("author", "escape\x1b[1m"),
@@ -64,7 +71,10 @@ def test_bad_answer_is_named_and_nothing_is_written(
     err = capfd.readouterr().err
     assert f"error: {name}={value!r}: " in err
     assert len(err.strip().splitlines()) == 1, err
-    assert list(out.iterdir()) == []
+    assert not out.exists() or list(out.iterdir()) == []
+    # Nothing beside the output directory either (a slug with ../ or an absolute path).
+    assert {p.name for p in tmp_path.iterdir()} <= {"cookiecutter-config.yaml", "out", "replay"}
+    assert not Path("/tmp/absolute").exists()
 
 
 def test_a_split_left_empty_is_refused(tmp_path: Path, config_file: Path, capfd) -> None:
@@ -78,6 +88,20 @@ def test_a_split_left_empty_is_refused(tmp_path: Path, config_file: Path, capfd)
         )
     assert "validation_fraction='0.1': leaves a split of 3 samples empty" in capfd.readouterr().err
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_slug_too_long_for_the_file_system_fails_and_leaves_nothing(
+    tmp_path: Path, config_file: Path
+) -> None:
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "cookiecutter", str(ROOT), "--no-input", "-o", str(out)]
+        + ["--config-file", str(config_file), "project_slug=" + "x" * 300, *NO_DATA_ARGS],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "File name too long" in result.stderr + result.stdout
+    assert not out.exists() or list(out.iterdir()) == []
 
 
 def cookiecutter_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
