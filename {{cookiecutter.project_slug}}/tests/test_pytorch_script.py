@@ -1,5 +1,7 @@
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -174,3 +176,56 @@ def test_bad_flags_exit_with_usage(
         pytorch_script.parse_args(bad)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+class RunsCode:
+    """A pickle that would create a file if loaded with weights_only=False."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_sample_that_would_run_code_is_refused_and_nothing_runs(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    partition, _ = load_partition(tiny_data)
+    ID = partition["train"][5]
+    marker = tmp_path / "code-ran"
+    torch.save(RunsCode(marker), tiny_data / f"{ID}.pt")
+
+    assert train(tiny_data, tmp_path / "m.csv", "--num-workers", "2") == 1
+    err = capsys.readouterr().err
+    assert f"error: sample '{ID}': cannot load" in err and "Unsupported global" in err
+    assert "weights_only=False" not in err
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_workers_started_with_spawn_or_forkserver_train(
+    tiny_data: Path, tmp_path: Path, start_method: str
+) -> None:
+    """The defaults of macOS and Windows (spawn) and of Linux from Python 3.14 (forkserver)."""
+    code = (
+        "import sys, torch.multiprocessing as mp, pytorch_script\n"
+        f"mp.set_start_method({start_method!r})\n"
+        "sys.exit(pytorch_script.main(sys.argv[1:]))\n"
+    )
+    argv = [
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(tiny_data),
+        "--metrics-csv",
+        str(tmp_path / "m.csv"),
+    ]
+    argv += ["--checkpoint-dir", str(tmp_path / "c"), "--num-workers", "2", "--max-epochs", "2"]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        cwd=Path(pytorch_script.__file__).parent, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "epoch 2/2" in result.stdout and "num_workers 2" in result.stdout
