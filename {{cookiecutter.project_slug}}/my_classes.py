@@ -223,9 +223,12 @@ def data_fingerprint(data_dir: str | Path, partition: dict[str, list[str]]) -> s
     return digest.hexdigest()
 
 
-def packed_is_stale(data_dir: str | Path) -> str | None:
+def packed_is_stale(
+    data_dir: str | Path, partition: dict[str, list[str]] | None = None
+) -> str | None:
     """Why data_dir/packed cannot stand in for data_dir/<ID>.pt, or None when it can: when it
-    was packed from exactly the files data_dir holds now."""
+    was packed from exactly the files data_dir holds now. partition: load_partition's, if the
+    caller has it already."""
     data_dir = Path(data_dir)
     packed = data_dir / PACKED
     try:
@@ -233,7 +236,7 @@ def packed_is_stale(data_dir: str | Path) -> str | None:
     except FileNotFoundError:
         return f"no packed data in {packed}"
     try:
-        partition, _ = load_partition(data_dir)
+        partition = partition or load_partition(data_dir)[0]
         now = data_fingerprint(data_dir, partition)
     except (DataError, OSError):
         now = None

@@ -198,12 +198,14 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def pick_data_format(data_dir: Path, data_format: str, say: Callable = print) -> str:
+def pick_data_format(
+    data_dir: Path, data_format: str, partition: dict[str, list[str]], say: Callable = print
+) -> str:
     """'files' or 'packed', as asked; for 'auto', packed when pack_data.py's copy is current."""
     if data_format == "files":
         say(f"data: {data_dir}/<ID>.pt")
         return data_format
-    stale = packed_is_stale(data_dir)
+    stale = packed_is_stale(data_dir, partition)
     if data_format == "auto":
         if stale:
             hint = "" if stale.startswith("no packed") else "; `python pack_data.py` updates it"
@@ -474,8 +476,10 @@ def run(args: argparse.Namespace) -> None:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
 
-    # Storage: one file per sample, or pack_data.py's copy of them
-    data_format = pick_data_format(args.data_dir, args.data_format, say)
+    # partition and labels (the IDs, and the class of each ID), and where the samples are read
+    # from: one file per sample, or pack_data.py's copy of them
+    partition, labels = load_partition(args.data_dir)
+    data_format = pick_data_format(args.data_dir, args.data_format, partition, say)
 
     # Parameters
     params = loader_params(
@@ -490,7 +494,6 @@ def run(args: argparse.Namespace) -> None:
     max_batches = 2 if args.dry_run else None
 
     # Datasets
-    partition, labels = load_partition(args.data_dir)  # IDs, and the class of each ID
     if data_format == "packed":
         training_set = PackedDataset(args.data_dir / PACKED / "train")
         validation_set = PackedDataset(args.data_dir / PACKED / "validation")
