@@ -90,7 +90,8 @@ def main() -> int:
             val_accuracy = smoke_test(pytorch_script, run)
         except Exception as err:
             print(
-                f"error: smoke test: {err}. Add --keep-project-on-failure to keep the project",
+                f"error: smoke test: {err}. (cookiecutter keeps the project only when given"
+                " --keep-project-on-failure)",
                 file=sys.stderr,
             )
             return 1

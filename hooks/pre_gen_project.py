@@ -69,6 +69,17 @@ def check_fraction(value: object) -> str | None:
     return None
 
 
+def check_batch_size(value: object) -> str | None:
+    problem = check_int(value, 1)
+    split = check_int(ANSWERS["num_samples"], 2) or check_fraction(ANSWERS["validation_fraction"])
+    if problem is None and split is None:
+        num_samples = int(ANSWERS["num_samples"])
+        num_train = num_samples - round(num_samples * float(ANSWERS["validation_fraction"]))
+        if int(str(value)) > num_train:
+            return f"more than the {num_train} training samples: lower it or raise num_samples"
+    return problem
+
+
 def check_num_classes(value: object) -> str | None:
     problem = check_int(value, 2)
     if problem is None and check_int(ANSWERS["num_samples"], 2) is None:
@@ -86,7 +97,7 @@ CHECKS = {
     "project_slug": check_slug,
     "description": check_text,
     "author": check_text,
-    "batch_size": lambda v: check_int(v, 1),
+    "batch_size": check_batch_size,
     "shuffle": check_bool,
     "num_workers": lambda v: check_int(v, 0),
     "max_epochs": lambda v: check_int(v, 1),

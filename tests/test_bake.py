@@ -34,6 +34,7 @@ ARTICLE_LAYOUT = {
     "tests/test_bench_loader.py",
     "tests/test_checkpoints.py",
     "tests/test_distributed.py",
+    "tests/test_broken_data.py",
 }
 
 
@@ -89,6 +90,7 @@ def test_defaults_make_data_pass_the_smoke_test_own_tests_and_ruff(cookies, capf
         "shuffle": True,
         "num_workers": 4,
         "prefetch_factor": 2,
+        "loader_timeout": 0,
         "data_format": "auto",
         "max_epochs": 100,
         "cudnn_benchmark": True,

@@ -10,6 +10,11 @@ import pytest
 
 from conftest import NO_DATA, ROOT, defaults, run
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
 NO_DATA_ARGS = [f"{k}={v}" for k, v in NO_DATA.items()]
 
 
@@ -90,3 +95,34 @@ def test_from_a_clone_with_sample_data_and_smoke_test(
     )  # fmt: skip
     assert "Wrote 300 samples" in result.stdout and "Smoke test passed" in result.stdout
     assert len(list((tmp_path / "out" / "my_pytorch_project" / "data").glob("*.pt"))) == 300
+
+
+JINJA = "{{ 7*7 }} {% if x %}"
+
+
+def test_jinja_in_an_answer_comes_out_literally(tmp_path: Path, config_file: Path) -> None:
+    """Typed at a prompt, an answer is text. On the command line, cookiecutter renders it with
+    Jinja first ({{ 7*7 }} becomes 49): {% raw %} keeps it text there (README, FAQ)."""
+    prompted = subprocess.run(
+        [sys.executable, "-m", "cookiecutter", str(ROOT), "--config-file", str(config_file)],
+        input=f"{JINJA}\nseven\n{JINJA}\n" + "\n" * 10 + "n\nn\n",  # then the defaults
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert prompted.returncode == 0, prompted.stderr
+    raw = f"{{% raw %}}{JINJA}{{% endraw %}}"
+    cookiecutter_cli(
+        str(ROOT), "--no-input", "--config-file", str(config_file), "-o", str(tmp_path / "raw"),
+        f"project_name={raw}", "project_slug=seven", f"description={raw}", *NO_DATA_ARGS,
+        cwd=tmp_path,
+    )  # fmt: skip
+    rendered = cookiecutter_cli(
+        str(ROOT), "--no-input", "--config-file", str(config_file), "-o", str(tmp_path / "cli"),
+        "project_name={{ 7*7 }}", "project_slug=seven", *NO_DATA_ARGS, cwd=tmp_path,
+    )  # fmt: skip
+
+    for project in (tmp_path / "seven", tmp_path / "raw" / "seven"):
+        meta = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+        assert meta["description"] == JINJA
+        assert (project / "README.md").read_text(encoding="utf-8").startswith(f"# {JINJA}\n")
+    assert rendered.returncode == 0
+    assert (tmp_path / "cli" / "seven" / "README.md").read_text().startswith("# 49\n")

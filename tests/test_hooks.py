@@ -37,6 +37,7 @@ BAD_ANSWERS = [
     ("author", "escape\x1b[1m"),
     ("batch_size", "0"),
     ("batch_size", "sixty-four"),
+    ("batch_size", "801"),  # more than the 800 training samples of the defaults
     ("num_workers", "-1"),
     ("num_workers", "2.5"),
     ("max_epochs", "0"),
@@ -148,6 +149,44 @@ def test_a_failing_smoke_test_fails_the_run_and_keeps_the_users_files(
     )
     assert (project / "notes.txt").read_text() == "my notes"
     assert (project / "data" / "partition.json").read_text() == '{"train": ["id-1"],'
+
+
+def files_up_to_1_mb() -> None:
+    """As on a nearly full disk: sample files (12 KB) and worker batches (786 KB) fit, the
+    smoke test's checkpoint (1.8 MB) does not."""
+    import resource  # POSIX only
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails, not the whole process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_failing_smoke_test_names_the_step_and_keeps_the_project_if_asked(
+    tmp_path: Path, config_file: Path, keep: bool
+) -> None:
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "cookiecutter", str(ROOT), "--no-input", "-o", str(out)]
+    command += ["--config-file", str(config_file)]
+    command += ["--keep-project-on-failure"] if keep else []
+    result = subprocess.run(
+        command, preexec_fn=files_up_to_1_mb, capture_output=True, text=True, timeout=300
+    )
+
+    assert result.returncode != 0
+    assert "checkpoints/last.pt (the write failed; " in result.stderr
+    assert (
+        "error: smoke test: `python pytorch_script.py --max-epochs 1 --num-workers 2` failed"
+        in result.stderr
+    )
+    project = out / "my_pytorch_project"
+    if keep:
+        assert (project / "pytorch_script.py").exists()
+        assert (project / "data" / "partition.json").exists()
+    else:
+        assert not project.exists() and list(out.iterdir()) == []
 
 
 @pytest.mark.slow

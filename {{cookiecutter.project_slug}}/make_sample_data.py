@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from my_classes import DataError
+from my_classes import DataError, write_error
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -137,7 +137,15 @@ def make_sample_data(
     for i in progress:
         ID = f"id-{i + 1}"
         X = patterns[classes[i]] + torch.randn(shape, generator=generator)
-        torch.save(X, data_dir / f"{ID}.pt")
+        path = data_dir / f"{ID}.pt"
+        try:
+            torch.save(X, path)
+        except (OSError, RuntimeError) as err:  # a full disk, a quota: torch says little
+            path.unlink(missing_ok=True)
+            raise DataError(
+                f"{write_error(path, err)}: free some space or choose another --data-dir,"
+                " then run again with --force"
+            ) from None
         labels[ID] = classes[i]
 
     IDs = list(labels)

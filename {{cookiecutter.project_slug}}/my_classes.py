@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import math
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -159,6 +160,13 @@ def load_error(err: Exception) -> str:
     lines = str(err).strip().splitlines()
     reason = lines[0].split(". ")[0] if lines else ""
     return reason if " " in reason else f"{type(err).__name__}: {reason}".rstrip(": ")
+
+
+def write_error(path: Path, err: Exception) -> str:
+    """Why writing path failed, with the space left there: torch.save's own errors do not say."""
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else "the write failed"
+    free = shutil.disk_usage(path.parent).free / 2**20
+    return f"cannot write {path} ({reason}; {free:,.1f} MiB free in {path.parent})"
 
 
 def load_partition(data_dir: str | Path) -> tuple[dict[str, list[str]], dict[str, int]]:

@@ -67,9 +67,8 @@ def pack_split(
 def pack(data_dir: Path) -> Path:
     """Write data_dir/packed beside it and swap it in whole; returns its path."""
     partition, labels = load_partition(data_dir)
-    fingerprint = data_fingerprint(
-        data_dir, partition
-    )  # before reading: a change during packing shows
+    # Taken before reading the samples: a change made during packing shows as a stale pack.
+    fingerprint = data_fingerprint(data_dir, partition)
     first = partition["train"][0]
     like = load_sample(data_dir / f"{first}.pt", first)
     needed = sum(len(IDs) for IDs in partition.values()) * like.element_size() * like.numel()
@@ -81,6 +80,8 @@ def pack(data_dir: Path) -> Path:
 
     packed, old = data_dir / PACKED, data_dir / f"{PACKED}.old"
     shutil.rmtree(old, ignore_errors=True)  # from a run stopped between the two renames below
+    for killed in data_dir.glob(f"{PACKED}.tmp-*"):  # from runs killed before their cleanup
+        shutil.rmtree(killed, ignore_errors=True)
     # Packed into a new temporary directory first: until the renames, the previous pack is
     # untouched, and an interrupted run removes the temporary one.
     tmp = Path(tempfile.mkdtemp(dir=data_dir, prefix=f"{PACKED}.tmp-"))

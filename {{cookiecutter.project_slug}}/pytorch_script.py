@@ -17,15 +17,17 @@ import argparse
 import contextlib
 import csv
 import gc
+import math
 import os
 import random
+import shutil
 import signal
 import sys
 import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 
@@ -45,6 +47,7 @@ from my_classes import (
     load_error,
     load_partition,
     packed_is_stale,
+    write_error,
 )
 
 # Above this share of training time spent waiting for batches, the run says it is data-bound.
@@ -69,6 +72,13 @@ def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds (0 or more)")
     return value
 
 
@@ -107,6 +117,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=positive_int,
         default=2,
         help="batches each worker prepares ahead (ignored with 0 workers)",
+    )
+    parser.add_argument(
+        "--loader-timeout",
+        type=non_negative_float,
+        default=0,
+        help="seconds to wait for one batch before failing (a read that hangs on a stalled"
+        " network file system); 0 waits for ever",
     )
     parser.add_argument(
         "--data-format",
@@ -229,6 +246,7 @@ def loader_params(
     seed: int,
     device: torch.device,
     data_format: str,
+    timeout: float = 0,
 ) -> dict:
     """The DataLoader arguments of both generators, decided here and nowhere else (the order of
     the samples is the samplers' business: see samplers())."""
@@ -241,6 +259,8 @@ def loader_params(
         "pin_memory": device.type == "cuda",  # page-locked batches copy to a CUDA device faster
         "persistent_workers": num_workers > 0,  # start the workers once, not every epoch
         "prefetch_factor": prefetch_factor if num_workers > 0 else None,
+        # DataLoader times its workers; with none, within() times the reads of this process.
+        "timeout": timeout if num_workers > 0 else 0,
         # The seed of each worker (torch, random and NumPy) follows --seed: random augmentation
         # differs between workers and repeats from run to run.
         "generator": torch.Generator().manual_seed(seed),
@@ -269,6 +289,67 @@ def samplers(
     return training_sampler, validation_sampler
 
 
+class LoaderTimeout(BaseException):
+    """No batch within --loader-timeout. A BaseException, as KeyboardInterrupt: it arrives in the
+    middle of a read, and no `except Exception` on the way may take it for a bad file."""
+
+
+def _expired(signum: int, frame: object) -> None:
+    raise LoaderTimeout
+
+
+# Reads in this process (the first sample; every batch with --num-workers 0) are timed by a
+# timer signal, which Windows lacks.
+CAN_TIME_READS = hasattr(signal, "setitimer")
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Raise LoaderTimeout in this process if the block takes longer than seconds (0: no limit)."""
+    if not seconds or not CAN_TIME_READS:
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, _expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def within(batches: Iterable, seconds: float) -> Iterator:
+    """The batches, each read within seconds (0: no limit)."""
+    iterator = iter(batches)
+    while True:
+        with deadline(seconds):
+            batch = next(iterator, None)
+        if batch is None:
+            return
+        yield batch
+
+
+def loader_failure(err: BaseException, args: argparse.Namespace) -> str | None:
+    """What to do about a DataLoader failure that has a known cause; None for any other."""
+    text = str(err) if isinstance(err, RuntimeError) else ""
+    if isinstance(err, LoaderTimeout) or text.startswith("DataLoader timed out"):
+        return (
+            f"no batch within --loader-timeout {args.loader_timeout:g} s: reading a sample from"
+            f" {args.data_dir} hangs (a stalled network file system?); check that its files"
+            " read, or raise --loader-timeout"
+        )
+    if "DataLoader worker" in text and "shared memory" in text:
+        free = ""
+        if os.path.isdir("/dev/shm"):
+            free = f" (/dev/shm has {shutil.disk_usage('/dev/shm').free / 2**20:,.1f} MiB free)"
+        return (
+            f"the DataLoader workers ran out of shared memory{free}, where they hand batches"
+            " over: in Docker, give the container more with --shm-size=8g (or --ipc=host);"
+            " or run with --num-workers 0, which needs none"
+        )
+    return None
+
+
 def train(
     model: nn.Module,
     training_generator: torch.utils.data.DataLoader,
@@ -279,16 +360,18 @@ def train(
     device: torch.device,
     max_batches: int | None = None,
     desc: str | None = None,
+    timeout: float = 0,
 ) -> tuple[float, int, float]:
     """One pass over this rank's share of the training set; returns the summed loss, the number
     of samples, and the share of the time spent waiting for batches (near 0: compute-bound;
-    near 1: data-bound). desc=None: no progress bar."""
+    near 1: data-bound). desc=None: no progress bar. timeout: seconds a batch may take to arrive
+    (see within())."""
     model.train()
     non_blocking = device.type == "cuda"  # copies from pinned memory overlap with compute
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     loss_sum = torch.zeros((), device=device)
     num_samples = 0
-    batches = islice(training_generator, max_batches)
+    batches = within(islice(training_generator, max_batches), timeout)
     total = min(len(training_generator), max_batches or len(training_generator))
     start = ready = None
     waited = 0.0
@@ -330,6 +413,7 @@ def validate(
     amp: bool,
     device: torch.device,
     max_batches: int | None = None,
+    timeout: float = 0,
 ) -> tuple[float, int, int]:
     """One pass over this rank's share of the validation set; returns the summed loss, the
     number of correct predictions and the number of samples, padding left out."""
@@ -342,7 +426,7 @@ def validate(
     loss_sum = torch.zeros((), device=device)
     num_correct = torch.zeros((), dtype=torch.long, device=device)
     num_samples = 0
-    for local_batch, local_labels in islice(validation_generator, max_batches):
+    for local_batch, local_labels in within(islice(validation_generator, max_batches), timeout):
         keep = min(len(local_labels), share - num_samples)
         if keep <= 0:
             break
@@ -428,8 +512,13 @@ def save_checkpoint(checkpoint: dict, path: Path) -> None:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(name, path)
-        except BaseException:
+        except BaseException as err:
             Path(name).unlink(missing_ok=True)
+            if isinstance(err, (OSError, RuntimeError)):  # a full disk, a quota: torch says little
+                raise DataError(
+                    f"{write_error(path, err)}: free some space or pass another --checkpoint-dir,"
+                    " then --resume"
+                ) from None
             raise
 
 
@@ -486,12 +575,20 @@ def run(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         prefetch_factor=args.prefetch_factor,
+        timeout=args.loader_timeout,
         seed=args.seed,
         device=device,
         data_format=data_format,
     )
     max_epochs = 1 if args.dry_run else args.max_epochs
     max_batches = 2 if args.dry_run else None
+    # Reads this process makes itself: every batch with no workers
+    main_timeout = args.loader_timeout if params["num_workers"] == 0 else 0
+    if main_timeout and not CAN_TIME_READS:
+        raise DataError(
+            "--loader-timeout with --num-workers 0 needs a timer signal, which this system lacks:"
+            " use --num-workers 1 or more"
+        )
 
     # Datasets
     if data_format == "packed":
@@ -512,8 +609,18 @@ def run(args: argparse.Namespace) -> None:
         validation_set, sampler=validation_sampler, **params
     )
 
+    # A training split smaller than one batch would make each epoch one step of a part batch.
+    if len(training_sampler) < args.batch_size:
+        ranks = f", {len(training_sampler)} for each of the ranks" if dist.is_initialized() else ""
+        raise DataError(
+            f"{args.data_dir / 'partition.json'}: 'train' lists {len(training_set)} samples{ranks},"
+            f" fewer than one batch (--batch-size {args.batch_size}): lower --batch-size or add"
+            " samples"
+        )
+
     # Model: its input shape comes from the first sample, its outputs from the labels.
-    input_shape = tuple(training_set[0][0].shape)
+    with deadline(args.loader_timeout):
+        input_shape = tuple(training_set[0][0].shape)
     num_classes = max(labels.values()) + 1
     model = Net(input_shape, num_classes).to(device)
     loss_fn = nn.CrossEntropyLoss()
@@ -592,12 +699,15 @@ def run(args: argparse.Namespace) -> None:
                 device,
                 max_batches,
                 desc=f"epoch {epoch}/{max_epochs}" if rank == 0 else None,
+                timeout=main_timeout,
             )
             loss_sum, num_samples = all_sum([loss_sum, num_samples], device)
             train_loss = loss_sum / num_samples
 
             # Validation
-            results = validate(model, validation_generator, loss_fn, args.amp, device, max_batches)
+            results = validate(
+                model, validation_generator, loss_fn, args.amp, device, max_batches, main_timeout
+            )
             val_loss_sum, num_correct, num_samples = all_sum(list(results), device)
             val_loss, val_accuracy = val_loss_sum / num_samples, num_correct / num_samples
 
@@ -645,7 +755,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except (DataError, OSError, KeyboardInterrupt) as err:
+    except (DataError, OSError, RuntimeError, LoaderTimeout, KeyboardInterrupt) as err:
+        message = loader_failure(err, args)
+        if isinstance(err, RuntimeError) and message is None:
+            raise  # not a known data-loading failure: the whole traceback helps more
         # Free the DataLoader workers now: the exception's frames hold them in a reference
         # cycle, which only the garbage collector would break, 10 s later (torch's shutdown).
         traceback.clear_frames(err.__traceback__)
@@ -657,7 +770,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 130
-        print(f"error{who}: {error_message(err)}", file=sys.stderr)
+        print(f"error{who}: {message or error_message(err)}", file=sys.stderr)
         return 1
     finally:
         if dist.is_initialized():

@@ -1,3 +1,6 @@
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ def train(data_dir: Path, metrics_csv: Path, *flags: str) -> int:
     """pytorch_script.py on the CPU (whatever this machine has), as a user runs it; checkpoints
     beside the metrics unless flags say otherwise."""
     argv = ["--device", "cpu", "--data-dir", str(data_dir), "--metrics-csv", str(metrics_csv)]
+    argv += ["--batch-size", "32"]  # whatever the project's default: tiny_data has 192 to train
     argv += ["--checkpoint-dir", str(metrics_csv.parent / f"{metrics_csv.stem}-checkpoints")]
     return pytorch_script.main([*argv, *flags])
 
@@ -22,3 +26,17 @@ def tiny_data(tmp_path: Path) -> Path:
         data_dir, num_samples=256, shape=(1, 8, 8), num_classes=4, validation_fraction=0.25
     )
     return data_dir
+
+
+def kill_half_way(command: list[str], half_way: Callable[[], bool]) -> None:
+    """Run a project script and kill it (kill -9, a crash, a lost node) once half_way() holds."""
+    process = subprocess.Popen(
+        command, cwd=Path(pytorch_script.__file__).parent, stdout=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while not half_way():
+        assert process.poll() is None, "it finished before it could be killed half-way"
+        assert time.monotonic() < deadline, "it never got half-way"
+        time.sleep(0.02)
+    process.kill()
+    process.wait()

@@ -43,6 +43,8 @@ def test_worker_options_only_with_workers_and_pinning_only_for_cuda() -> None:
     assert params(0, device=torch.device("cuda"))["pin_memory"] is True
     assert params(0, device=torch.device("mps"))["pin_memory"] is False
     assert params(0)["collate_fn"] is None
+    # DataLoader times workers only; with none, the script times its own reads (within()).
+    assert params(0, timeout=5)["timeout"] == 0 and params(2, timeout=5)["timeout"] == 5
     assert params(0, data_format="packed")["collate_fn"] is my_classes.PackedDataset.collate_fn
 
 

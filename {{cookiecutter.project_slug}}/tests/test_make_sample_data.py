@@ -1,10 +1,12 @@
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 import make_sample_data
+from conftest import kill_half_way, train
 
 ARGS = ["--num-samples", "40", "--shape", "2,3", "--num-classes", "4"]
 ARGS += ["--validation-fraction", "0.25"]
@@ -69,3 +71,21 @@ def test_bad_arguments_exit_with_usage(
     assert exit_info.value.code == 2
     assert "error:" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_killed_half_way_the_data_stays_incomplete_until_rerun_with_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_dir = tmp_path / "data"
+    command = [sys.executable, "make_sample_data.py", "--data-dir", str(data_dir), *ARGS]
+    command[command.index("40")] = "100000"  # far more than it writes before it is killed
+    kill_half_way(command, lambda: len(list(data_dir.glob("*.pt"))) >= 100)
+
+    # partition.json comes last: without it, nothing takes the samples for a data set.
+    assert not (data_dir / "partition.json").exists()
+    assert train(data_dir, tmp_path / "m.csv") == 1
+    assert "partition.json not found" in capsys.readouterr().err
+    assert make_sample_data.main(["--data-dir", str(data_dir), *ARGS]) == 1
+    assert "already holds data" in capsys.readouterr().err
+    assert make_sample_data.main(["--data-dir", str(data_dir), *ARGS, "--force"]) == 0
+    assert len(json.loads((data_dir / "labels.json").read_text())) == 40

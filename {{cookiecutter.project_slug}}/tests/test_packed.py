@@ -1,5 +1,6 @@
 import os
 import pickle
+import sys
 import time
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import torch
 
 import pack_data
 import pytorch_script
-from conftest import train
+from conftest import kill_half_way, train
 from make_sample_data import make_sample_data
 from my_classes import PACKED, DataError, Dataset, PackedDataset, load_partition, packed_is_stale
 
@@ -202,5 +203,27 @@ def test_bad_pack_never_replaces_a_good_one_half_way(tiny_data: Path) -> None:
     (tiny_data / f"{partition['validation'][-1]}.pt").write_bytes(b"garbage")
     with pytest.raises(DataError, match="cannot load"):
         pack_data.pack(tiny_data)
-    assert not (tiny_data / f"{PACKED}.tmp").exists()
+    assert not list(tiny_data.glob(f"{PACKED}.tmp*"))
     assert len(PackedDataset(tiny_data / PACKED / "validation")) == 64
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="a named pipe holds the pack half-way")
+def test_a_pack_killed_half_way_leaves_the_previous_pack(tiny_data: Path) -> None:
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    before = {p: p.read_bytes() for p in sorted((tiny_data / PACKED).rglob("*")) if p.is_file()}
+    partition, _ = load_partition(tiny_data)
+    held = tiny_data / f"{partition['train'][100]}.pt"
+    sample = held.read_bytes()
+    held.unlink()
+    os.mkfifo(held)  # reading it blocks: the pack stops there, its train/X.npy half-written
+
+    command = [sys.executable, "pack_data.py", "--data-dir", str(tiny_data)]
+    kill_half_way(command, lambda: any(tiny_data.glob(f"{PACKED}.tmp-*/train/X.npy")))
+
+    after = {p: p.read_bytes() for p in sorted((tiny_data / PACKED).rglob("*")) if p.is_file()}
+    assert after == before
+    held.unlink()
+    held.write_bytes(sample)
+    assert pack_data.main(["--data-dir", str(tiny_data), "--force"]) == 0
+    assert not list(tiny_data.glob(f"{PACKED}.*"))  # the killed run's files are gone too
+    assert packed_is_stale(tiny_data) is None

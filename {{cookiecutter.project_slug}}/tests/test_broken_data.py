@@ -1,0 +1,254 @@
+"""Every way the data can go wrong, through pytorch_script.py with 0 and 2 DataLoader workers:
+one line naming the file or ID and what to do, exit status 1, and the data left as it was."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+import pytorch_script
+from conftest import train
+from make_sample_data import make_sample_data
+from my_classes import load_partition
+
+# A case breaks the data in data_dir and returns what the error must say.
+Case = Callable[[Path, dict[str, list[str]], dict[str, int]], str]
+
+
+def write_json(data_dir: Path, name: str, obj: object) -> None:
+    (data_dir / name).write_text(json.dumps(obj), encoding="utf-8")
+
+
+def missing_sample(data_dir: Path, partition: dict, labels: dict) -> str:
+    ID = partition["train"][10]  # not the first: the script opens that one itself
+    (data_dir / f"{ID}.pt").unlink()
+    return f"error: sample '{ID}': {data_dir / ID}.pt not found; restore it or remove '{ID}'"
+
+
+def sample_bytes(content: Callable[[bytes], bytes]) -> Case:
+    def case(data_dir: Path, partition: dict, labels: dict) -> str:
+        ID = partition["train"][20]
+        path = data_dir / f"{ID}.pt"
+        path.write_bytes(content(path.read_bytes()))
+        return f"error: sample '{ID}': cannot load {path} ("
+
+    return case
+
+
+def not_a_tensor(data_dir: Path, partition: dict, labels: dict) -> str:
+    ID = partition["validation"][3]
+    torch.save({"x": torch.zeros(1, 8, 8)}, data_dir / f"{ID}.pt")
+    return f"error: sample '{ID}': {data_dir / ID}.pt holds a dict, not a tensor"
+
+
+class RunsCode:
+    """A pickle that would create a file if loaded with weights_only=False."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.marker), "w"))
+
+
+def runs_code(data_dir: Path, partition: dict, labels: dict) -> str:
+    ID = partition["train"][5]
+    torch.save(RunsCode(data_dir.parent / "code-ran"), data_dir / f"{ID}.pt")
+    return f"error: sample '{ID}': cannot load {data_dir / ID}.pt (Unsupported global"
+
+
+def other_sample(sample: torch.Tensor, dtype: str) -> Case:
+    def case(data_dir: Path, partition: dict, labels: dict) -> str:
+        ID, first = partition["train"][40], partition["train"][0]
+        torch.save(sample, data_dir / f"{ID}.pt")
+        return (
+            f"error: sample '{ID}' is {dtype} of shape {tuple(sample.shape)}, but sample"
+            f" '{first}' is torch.float32 of shape (1, 8, 8): all samples must have one shape"
+        )
+
+    return case
+
+
+def bad_partition(change: Callable[[dict], object], message: str) -> Case:
+    def case(data_dir: Path, partition: dict, labels: dict) -> str:
+        write_json(data_dir, "partition.json", change(partition))
+        return f"error: {data_dir / 'partition.json'}: {message.format(**partition)}"
+
+    return case
+
+
+def bad_labels(change: Callable[[dict, dict], object], message: str) -> Case:
+    def case(data_dir: Path, partition: dict, labels: dict) -> str:
+        write_json(data_dir, "labels.json", change(partition, labels))
+        return f"error: {data_dir / 'labels.json'}: {message.format(**partition)}"
+
+    return case
+
+
+def malformed(name: str) -> Case:
+    def case(data_dir: Path, partition: dict, labels: dict) -> str:
+        (data_dir / name).write_text('{"train": ["id-1",', encoding="utf-8")
+        return f"error: {data_dir / name}: not valid JSON (Expecting value"
+
+    return case
+
+
+def relabel(ID_of: Callable[[dict], str], label: object) -> Callable[[dict, dict], dict]:
+    return lambda partition, labels: labels | {ID_of(partition): label}
+
+
+def first_train(partition: dict) -> str:
+    return partition["train"][0]
+
+
+CASES = {
+    "missing sample": missing_sample,
+    "empty sample file": sample_bytes(lambda content: b""),
+    "truncated sample file": sample_bytes(lambda content: content[: len(content) // 2]),
+    "garbage sample file": sample_bytes(lambda content: b"not a tensor file at all"),
+    "sample not a tensor": not_a_tensor,
+    "sample that runs code": runs_code,
+    "sample of another shape": other_sample(torch.zeros(1, 8, 9), "torch.float32"),
+    "sample of another dtype": other_sample(torch.zeros(1, 8, 8).double(), "torch.float64"),
+    "partition malformed": malformed("partition.json"),
+    "labels malformed": malformed("labels.json"),
+    "partition not an object": bad_partition(
+        lambda p: p["train"], "expected an object with exactly the keys 'train' and 'validation'"
+    ),
+    "partition without validation": bad_partition(
+        lambda p: {"train": p["train"]}, "expected an object with exactly the keys"
+    ),
+    "empty training split": bad_partition(
+        lambda p: p | {"train": []}, "'train' must be a non-empty list of sample IDs"
+    ),
+    "empty validation split": bad_partition(
+        lambda p: p | {"validation": []}, "'validation' must be a non-empty list of sample IDs"
+    ),
+    "fewer samples than one batch": bad_partition(
+        lambda p: p | {"train": p["train"][:10]},
+        "'train' lists 10 samples, fewer than one batch (--batch-size 32): lower --batch-size",
+    ),
+    "duplicate ID": bad_partition(
+        lambda p: p | {"train": [*p["train"], p["train"][7]]},
+        "the ID '{train[7]}' appears twice in 'train'",
+    ),
+    "ID in both splits": bad_partition(
+        lambda p: p | {"validation": [*p["validation"], p["train"][7]]},
+        "the ID '{train[7]}' appears in 'train' and 'validation'",
+    ),
+    "ID with ../": bad_partition(
+        lambda p: p | {"train": ["../labels", *p["train"]]},
+        "'train' holds the ID '../labels'; an ID must be a string, a file name without",
+    ),
+    "absolute ID": bad_partition(
+        lambda p: p | {"train": [*p["train"], "/etc/passwd"]}, "'train' holds the ID '/etc/passwd'"
+    ),
+    "ID not a string": bad_partition(
+        lambda p: p | {"train": [*p["train"], 12]}, "'train' holds the ID 12"
+    ),
+    "labels not an object": bad_labels(
+        lambda p, labels: list(labels.values()), "expected an object mapping ID to class, got list"
+    ),
+    "ID without a label": bad_labels(
+        lambda p, labels: {ID: c for ID, c in labels.items() if ID != p["validation"][2]},
+        "no label for the ID '{validation[2]}' listed in partition.json",
+    ),
+    "negative label": bad_labels(
+        relabel(first_train, -1), "the label of '{train[0]}' is -1; labels are integers 0, 1"
+    ),
+    "label a string": bad_labels(relabel(first_train, "3"), "the label of '{train[0]}' is '3'"),
+    "label a float": bad_labels(relabel(first_train, 1.5), "the label of '{train[0]}' is 1.5"),
+    "label a boolean": bad_labels(relabel(first_train, True), "the label of '{train[0]}' is True"),
+}
+
+
+def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file below directory, with its bytes and modification time."""
+    return {
+        p.relative_to(directory).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("num_workers", ["0", "2"])
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_broken_data_is_named_and_left_as_it_was(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], case: Case, num_workers
+) -> None:
+    message = case(tiny_data, *load_partition(tiny_data))
+    before = snapshot(tiny_data)
+
+    assert train(tiny_data, tmp_path / "m.csv", "--num-workers", num_workers) == 1
+
+    err = capsys.readouterr().err
+    assert err.startswith(message), err
+    assert len(err.splitlines()) == 1, err
+    assert snapshot(tiny_data) == before
+    assert not (tmp_path / "m-checkpoints").exists()  # no checkpoint of a run that failed
+    assert not (tmp_path / "code-ran").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="a named pipe stands in for a hung read")
+@pytest.mark.parametrize("num_workers", ["0", "2"])
+def test_a_read_that_hangs_fails_within_the_loader_timeout(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], num_workers: str
+) -> None:
+    """A named pipe that nobody writes blocks whoever opens it, as a stalled network file system
+    does."""
+    partition, _ = load_partition(tiny_data)
+    hung = tiny_data / f"{partition['train'][30]}.pt"
+    hung.unlink()
+    os.mkfifo(hung)
+    flags = ["--num-workers", num_workers, "--loader-timeout", "1.5"]
+
+    start = time.perf_counter()
+    assert train(tiny_data, tmp_path / "m.csv", *flags) == 1
+    took = time.perf_counter() - start
+
+    assert capsys.readouterr().err == (
+        f"error: no batch within --loader-timeout 1.5 s: reading a sample from {tiny_data} hangs"
+        " (a stalled network file system?); check that its files read, or raise --loader-timeout\n"
+    )
+    assert took < 30  # 1.5 s, worker start and shut-down: not for ever
+
+
+def can_shrink_dev_shm() -> bool:
+    """Whether this machine lets a process mount its own /dev/shm (Linux user namespaces)."""
+    if not sys.platform.startswith("linux") or shutil.which("unshare") is None:
+        return False
+    probe = ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=256k tmpfs /dev/shm"]
+    return subprocess.run(probe, capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not can_shrink_dev_shm(), reason="needs unshare and user namespaces")
+def test_too_little_shared_memory_says_what_to_do(tmp_path: Path) -> None:
+    """As in a Docker container started without --shm-size: 256 KiB of /dev/shm, batches of
+    768 KiB."""
+    data_dir = tmp_path / "data"
+    make_sample_data(data_dir, 160, (3, 32, 32), num_classes=2, validation_fraction=0.2)
+
+    def dry_run_in_small_shm(num_workers: str) -> subprocess.CompletedProcess:
+        mount = 'mount -t tmpfs -o size=256k tmpfs /dev/shm && exec "$0" "$@"'
+        command = ["unshare", "-rm", "sh", "-c", mount, sys.executable, pytorch_script.__file__]
+        command += ["--device", "cpu", "--data-dir", str(data_dir), "--batch-size", "64"]
+        command += ["--dry-run", "--num-workers", num_workers]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    result = dry_run_in_small_shm("2")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (
+        "error: the DataLoader workers ran out of shared memory (/dev/shm has 0.2 MiB free),"
+        " where they hand batches over: in Docker, give the container more with --shm-size=8g"
+        " (or --ipc=host); or run with --num-workers 0, which needs none\n"
+    )
+    # As it says: without workers, the same run needs no shared memory.
+    result = dry_run_in_small_shm("0")
+    assert result.returncode == 0, result.stderr
