@@ -1,12 +1,16 @@
-"""Write the sample data and run a one-epoch smoke test, both in this process: torch loads once."""
+"""Write the sample data and run a one-epoch smoke test, both in this process (torch loads once);
+then, if asked, git init and commit the new project."""
 
 import contextlib
 import csv
 import importlib
+import importlib.util
 import io
 import json
 import os
 import shlex
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +35,36 @@ def shown(path: Path) -> str:
     return shlex.quote(str(path) if relative.startswith("..") else relative)
 
 
+def git_init() -> str:
+    """git init, add and commit the new project; returns what happened, in a line. Only commands
+    every git release has; without git, or without a name and email set, no repository."""
+    later = "git init && git add --all && git commit -m 'Initial commit'"
+    git = shutil.which("git")
+    if git is None:
+        return f"No git repository: git is not installed. Later: {later}"
+    if (PROJECT / ".git").exists():  # regenerated with -f over a repository: it stays as it is
+        return f"Kept the git repository in {shown(PROJECT)} as it was."
+    version = ANSWERS["_template_version"]
+    message = f"Generate the project from the PyTorch data-loading template {version}"
+    # user.useConfigOnly: no commit under a name and email guessed from the host name
+    commit = ["-c", "user.useConfigOnly=true", "commit", "--quiet", "--message", message]
+    for name, args in [
+        ("init", ["init", "--quiet"]),
+        ("add", ["add", "--all"]),
+        ("commit", commit),
+    ]:
+        result = subprocess.run([git, *args], cwd=PROJECT, capture_output=True, text=True)
+        if result.returncode != 0:
+            shutil.rmtree(PROJECT / ".git", ignore_errors=True)  # no repository half made
+            reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            return (
+                f"No git repository: git {name} failed ({reason}). If git lacks your name and"
+                " email: git config --global user.name 'Your Name', git config --global"
+                f" user.email you@example.com; then: cd {shown(PROJECT)} && {later}"
+            )
+    return f"Made a git repository in {shown(PROJECT)} with a first commit."
+
+
 def smoke_test(pytorch_script, run: list[str]) -> float:
     """Train with DataLoader workers; returns the validation accuracy, raises on failure."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -52,7 +86,7 @@ def smoke_test(pytorch_script, run: list[str]) -> float:
             return float(list(csv.DictReader(f))[-1]["val_accuracy"])
 
 
-def main() -> int:
+def data_and_smoke_test() -> int:
     if not (ANSWERS["create_sample_data"] or ANSWERS["run_smoke_test"]):
         return 0
     sys.path.insert(0, str(PROJECT))
@@ -86,6 +120,10 @@ def main() -> int:
             if kept
             else (["--max-epochs", "1"], "one epoch")
         )
+        note = ""
+        if ANSWERS["use_tensorboard"] and importlib.util.find_spec("tensorboard") is None:
+            run.append("--no-tensorboard")
+            note = " TensorBoard is not installed here: pip install -e . installs it."
         try:
             val_accuracy = smoke_test(pytorch_script, run)
         except Exception as err:
@@ -100,9 +138,16 @@ def main() -> int:
         print(
             f"Smoke test passed in {time.perf_counter() - start:.1f} s: {what} with DataLoader"
             f" workers, validation accuracy {val_accuracy:.2f} (chance {chance:.2f})."
-            f" Next: cd {shown(PROJECT)} && python pytorch_script.py"
+            f" Next: cd {shown(PROJECT)} && python pytorch_script.py{note}"
         )
     return 0
+
+
+def main() -> int:
+    code = data_and_smoke_test()
+    if code == 0 and ANSWERS["git_init"]:
+        print(git_init())
+    return code
 
 
 if __name__ == "__main__":

@@ -108,6 +108,8 @@ CHECKS = {
     "validation_fraction": check_fraction,
     "create_sample_data": check_bool,
     "run_smoke_test": check_bool,
+    "use_tensorboard": check_bool,
+    "git_init": check_bool,
 }
 
 

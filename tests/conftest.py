@@ -1,6 +1,7 @@
 """Helpers for baking the template and running what it bakes."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,3 +47,21 @@ def config_file(tmp_path: Path) -> Path:
         f"replay_dir: {json.dumps(str(tmp_path / 'replay'))}\n"
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def template_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This working tree, committed to a fresh git repository: what GitHub would serve."""
+    repo = tmp_path_factory.mktemp("template") / "repo"
+    shutil.copytree(
+        ROOT,
+        repo,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv*", "__pycache__", ".*_cache", "my_pytorch_project"
+        ),
+    )
+    git = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com"]
+    run([*git, "init", "--quiet", "--initial-branch=main"], repo)
+    run([*git, "add", "--all"], repo)
+    run([*git, "commit", "--quiet", "--message=template"], repo)
+    return repo

@@ -3,10 +3,12 @@
 import ast
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import NO_DATA, defaults, python_files, run
 
@@ -17,6 +19,9 @@ except ModuleNotFoundError:  # Python 3.10
 
 ARTICLE_LAYOUT = {
     ".gitignore",
+    ".cookiecutter.json",
+    ".pre-commit-config.yaml",
+    ".github/workflows/ci.yml",
     "README.md",
     "pyproject.toml",
     "my_classes.py",
@@ -24,6 +29,7 @@ ARTICLE_LAYOUT = {
     "make_sample_data.py",
     "pack_data.py",
     "bench_loader.py",
+    "plot_metrics.py",
     "data/.gitkeep",
     "tests/conftest.py",
     "tests/test_my_classes.py",
@@ -35,6 +41,7 @@ ARTICLE_LAYOUT = {
     "tests/test_checkpoints.py",
     "tests/test_distributed.py",
     "tests/test_broken_data.py",
+    "tests/test_metrics.py",
 }
 
 
@@ -50,12 +57,16 @@ def source_files(project: Path) -> set[str]:
 def assert_clean_render(project: Path) -> None:
     for path in project.rglob("*"):
         if path.is_file() and path.suffix != ".pt":
-            text = path.read_text(encoding="utf-8")
+            # GitHub's own ${{ expressions }} are meant to be there.
+            text = re.sub(r"\$\{\{.*?\}\}", "", path.read_text(encoding="utf-8"))
             assert "{{" not in text and "{%" not in text, f"Jinja left in {path}"
     for path in python_files(project):
         # feature_version: the syntax must also parse on Python 3.10, the oldest we support.
         ast.parse(path.read_text(encoding="utf-8"), str(path), feature_version=(3, 10))
     tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))
+    for name in (".pre-commit-config.yaml", ".github/workflows/ci.yml"):
+        assert isinstance(yaml.safe_load((project / name).read_text(encoding="utf-8")), dict)
+    json.loads((project / ".cookiecutter.json").read_text(encoding="utf-8"))
 
 
 def read_metrics(path: Path) -> list[dict[str, float]]:
@@ -95,6 +106,7 @@ def test_defaults_make_data_pass_the_smoke_test_own_tests_and_ruff(cookies, capf
         "max_epochs": 100,
         "cudnn_benchmark": True,
         "metrics_csv": "runs/metrics.csv",
+        "tensorboard": False,
         "checkpoint_dir": "checkpoints",
         "resume": False,
         "amp": False,
@@ -207,4 +219,6 @@ def test_awkward_text_comes_out_literally_and_nothing_runs(cookies, tmp_path: Pa
     assert meta["name"] == project.name
     readme = (project / "README.md").read_text(encoding="utf-8")
     assert AWKWARD["project_name"] in readme and AWKWARD["description"] in readme
+    saved = json.loads((project / ".cookiecutter.json").read_text(encoding="utf-8"))
+    assert {k: saved["cookiecutter"][k] for k in AWKWARD} == AWKWARD
     assert not list(project.parent.rglob("PWNED")) and not Path("PWNED").exists()

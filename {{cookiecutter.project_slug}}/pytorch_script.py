@@ -159,6 +159,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " runs/metrics.csv, none for --dry-run",
     )
     parser.add_argument(
+        "--tensorboard",
+        action=argparse.BooleanOptionalAction,
+        default={{ cookiecutter.use_tensorboard }},
+        help="also log each epoch for TensorBoard, into the --metrics-csv path without .csv"
+        " (tensorboard --logdir runs)",
+    )
+    parser.add_argument(
         "--checkpoint-dir",
         type=Path,
         default=Path("checkpoints"),
@@ -499,6 +506,22 @@ def ctrl_c_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
+def tensorboard_writer(
+    metrics_csv: Path, start_epoch: int
+) -> "torch.utils.tensorboard.SummaryWriter":
+    """A TensorBoard writer for the run whose metrics go to metrics_csv: runs/metrics.csv logs
+    into runs/metrics/. Steps from start_epoch on, of an earlier run, are dropped (purge_step),
+    as the CSV's rows are."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise DataError(
+            "--tensorboard needs the tensorboard package: pip install -e '.[tensorboard]',"
+            " or pass --no-tensorboard"
+        ) from None
+    return SummaryWriter(metrics_csv.with_suffix(""), purge_step=start_epoch)
+
+
 def save_checkpoint(checkpoint: dict, path: Path) -> None:
     """Write to a temporary file beside path, flush it to the disk, then rename it over path:
     a crash at any moment leaves the previous checkpoint or the new one, whole, and no litter."""
@@ -672,7 +695,7 @@ def run(args: argparse.Namespace) -> None:
     # Objects made so far live as long as the run: keep the garbage collector of each forked
     # worker from writing to them, which would copy their pages into it (tens of MB each).
     gc.freeze()
-    metrics_file = None  # rank 0 writes the metrics and the checkpoints
+    metrics_file = writer = None  # rank 0 writes the metrics and the checkpoints
     if rank == 0 and args.metrics_csv:
         args.metrics_csv.parent.mkdir(parents=True, exist_ok=True)
         appending = args.resume and args.metrics_csv.exists()
@@ -682,6 +705,8 @@ def run(args: argparse.Namespace) -> None:
         metrics = csv.writer(metrics_file, lineterminator="\n")
         if not appending:
             metrics.writerow(["epoch", "train_loss", "val_loss", "val_accuracy"])
+        if args.tensorboard:
+            writer = tensorboard_writer(args.metrics_csv, start_epoch)
     try:
         # Loop over epochs
         for epoch in range(start_epoch, max_epochs + 1):
@@ -728,6 +753,12 @@ def run(args: argparse.Namespace) -> None:
                     [epoch, f"{train_loss:.6f}", f"{val_loss:.6f}", f"{val_accuracy:.6f}"]
                 )
                 metrics_file.flush()  # each finished epoch is on disk, even if a later one crashes
+            if writer:
+                writer.add_scalar("loss/train", train_loss, epoch)
+                writer.add_scalar("loss/validation", val_loss, epoch)
+                writer.add_scalar("accuracy/validation", val_accuracy, epoch)
+                writer.add_scalar("data_wait", data_wait, epoch)
+                writer.flush()
             if rank == 0 and not args.dry_run:
                 checkpoint = {
                     "model": unwrapped.state_dict(),
@@ -749,6 +780,8 @@ def run(args: argparse.Namespace) -> None:
         gc.unfreeze()
         if metrics_file:
             metrics_file.close()
+        if writer:
+            writer.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,66 @@
+"""The READMEs' "Bring your own data" code, run as a reader would run it, on data made here."""
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import NO_DATA, ROOT, run
+
+PRELUDE = {
+    # A folder of images, one subfolder per class, of mixed sizes and modes, as found in the wild.
+    "images": """
+from pathlib import Path
+import numpy as np
+from PIL import Image
+rng = np.random.default_rng(0)
+for c, name in enumerate(["cat", "dog", "owl"]):
+    Path("images", name).mkdir(parents=True)
+    for i in range(30):
+        size = (40 + i, 50 + 2 * i)
+        pixels = rng.integers(0, 40, (*size[::-1], 3)) + 100 * c
+        image = Image.fromarray(pixels.astype(np.uint8))
+        image.convert("L" if i % 3 == 0 else "RGB").save(f"images/{name}/{i}.png")
+""",
+    # A NumPy array with integer labels, of a learnable signal.
+    "numpy": """
+import numpy as np
+rng = np.random.default_rng(0)
+y = rng.integers(0, 4, 200)
+X = (rng.normal(size=(200, 2, 12)) + y[:, None, None]).astype(np.float32)
+""",
+}
+
+
+def snippets(readme: Path) -> dict[str, str]:
+    """The two Python blocks of the README's "Bring your own data" section."""
+    text = readme.read_text(encoding="utf-8")
+    section = text.split("## Bring your own data")[1].split("\n## ")[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    assert len(blocks) == 2, section
+    return {"images": blocks[0], "numpy": blocks[1]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["images", "numpy"])
+def test_bring_your_own_data_snippets_make_data_the_project_trains_on(
+    cookies, tmp_path: Path, source: str
+) -> None:
+    result = cookies.bake(extra_context=NO_DATA | {"batch_size": 16})
+    assert result.exit_code == 0, result.exception
+    project = result.project_path
+    for readme in (ROOT / "README.md", project / "README.md"):
+        code = snippets(readme)[source]
+        assert code == snippets(ROOT / "README.md")[source]  # the two READMEs agree
+    work = tmp_path / source
+    work.mkdir()
+    run([sys.executable, "-c", PRELUDE[source] + code], work)
+
+    data = work / "mydata"
+    script = [sys.executable, "pytorch_script.py", "--data-dir", str(data), "--num-workers", "0"]
+    out = run([*script, "--max-epochs", "8", "--metrics-csv", str(tmp_path / "m.csv")], project)
+    shape = "(3, 64, 64), 3 classes" if source == "images" else "(2, 12), 4 classes"
+    assert f"of shape {shape}" in out.stdout
+    last = (tmp_path / "m.csv").read_text().splitlines()[-1]
+    assert float(last.split(",")[-1]) > 0.6  # learned: chance is a third or a quarter

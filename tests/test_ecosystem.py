@@ -1,0 +1,266 @@
+"""The tools users bring: pip extras, pre-commit, GitHub Actions, git, saved answers and cruft."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import NO_DATA, ROOT, run
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+TEMPLATE_VERSION = json.loads((ROOT / "cookiecutter.json").read_text())["_template_version"]
+
+
+def git_env(home: Path, identity: bool = True) -> dict[str, str]:
+    """This environment, with a git that reads no configuration of this machine; with or without
+    a name and email."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") and k != "EMAIL"}
+    env |= {"HOME": str(home), "XDG_CONFIG_HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1"}
+    if identity:
+        for who in ("AUTHOR", "COMMITTER"):
+            env |= {f"GIT_{who}_NAME": "Ada", f"GIT_{who}_EMAIL": "ada@example.com"}
+    return env
+
+
+@pytest.fixture(scope="session")
+def pre_commit_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache of pre-commit's hook environments for every test: ruff is installed once."""
+    return tmp_path_factory.mktemp("pre-commit")
+
+
+def bake(cookies, **answers: object) -> Path:
+    result = cookies.bake(extra_context=NO_DATA | answers)
+    assert result.exit_code == 0, result.exception
+    return result.project_path
+
+
+def test_pyproject_extras_and_an_editable_install(cookies, tmp_path: Path) -> None:
+    project = bake(cookies)
+    meta = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert "torch>=2.6" in meta["dependencies"]  # CVE-2025-32434: torch.load before 2.6
+    extras = meta["optional-dependencies"]
+    assert extras["tensorboard"] == ["tensorboard>=2.14"]
+    assert extras["plots"] == ["matplotlib>=3.7"]
+    assert extras["dev"][0] == "my_pytorch_project[tensorboard,plots]"
+
+    # pip install -e ".[dev]" on the flat layout, into a new venv that sees this one's packages
+    # (torch and the rest are installed already; pip fetches setuptools to build).
+    venv = tmp_path / "venv"
+    run([sys.executable, "-m", "venv", str(venv)], tmp_path)
+    python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site_packages = Path(run([str(python), "-c", code], tmp_path).stdout.strip())
+    ours = [path for path in sys.path if path.endswith("site-packages")]
+    (site_packages / "this-venv.pth").write_text("\n".join(ours) + "\n")
+    result = run([str(python), "-m", "pip", "install", "-e", ".[dev]"], project)
+    assert "Successfully installed my_pytorch_project" in result.stdout.replace("-", "_")
+    run([str(python), "-m", "pip", "check"], project)
+    code = "import my_classes, pytorch_script, plot_metrics; print(pytorch_script.__file__)"
+    out = run([str(python), "-c", code], tmp_path).stdout  # from elsewhere: installed
+    assert Path(out.strip()).parent == project
+
+
+@pytest.mark.slow
+def test_pre_commit_passes_and_keeps_data_and_checkpoints_out(
+    cookies, tmp_path: Path, pre_commit_home: Path
+) -> None:
+    project = bake(cookies, git_init=True)
+    env = git_env(tmp_path / "home") | {"PRE_COMMIT_HOME": str(pre_commit_home)}
+    pre_commit = [sys.executable, "-m", "pre_commit", "run"]
+    run([*pre_commit, "--all-files"], project, env)  # ruff check and format: clean
+
+    (project / "data" / "id-1.pt").write_bytes(b"sample")
+    (project / "checkpoints").mkdir()
+    (project / "checkpoints" / "last.pt").write_bytes(b"weights")
+    (project / "features.npy").write_bytes(b"array")
+    run(["git", "add", "--force", "data/id-1.pt", "checkpoints/last.pt", "features.npy"], project)
+    result = subprocess.run(pre_commit, cwd=project, env=env, capture_output=True, text=True)
+
+    assert result.returncode == 1
+    assert "keep data files and checkpoints out of git" in result.stdout
+    for name in ("data/id-1.pt", "checkpoints/last.pt", "features.npy"):
+        assert name in result.stdout
+    assert "data/.gitkeep" not in result.stdout
+
+
+@pytest.mark.slow
+def test_the_root_pre_commit_lints_hooks_and_tests_not_the_jinja(
+    template_repo: Path, tmp_path: Path, pre_commit_home: Path
+) -> None:
+    env = git_env(tmp_path / "home") | {"PRE_COMMIT_HOME": str(pre_commit_home)}
+    repo = tmp_path / "repo"
+    run(["git", "clone", "--quiet", str(template_repo), str(repo)], tmp_path, env)
+    result = run([sys.executable, "-m", "pre_commit", "run", "--all-files", "--verbose"], repo, env)
+    assert "ruff check" in result.stdout and "Passed" in result.stdout
+
+    # A lint error in a hook is caught; Jinja in the template directory is left alone.
+    with open(repo / "hooks" / "pre_gen_project.py", "a") as f:
+        f.write("\nprint(undefined_name)\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pre_commit", "run", "--all-files"],
+        cwd=repo, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 1 and "hooks/pre_gen_project.py" in result.stdout
+    assert "cookiecutter.project_slug" not in result.stdout
+
+
+def test_the_projects_github_workflow_installs_cpu_torch_and_its_steps_run(cookies) -> None:
+    project = bake(cookies, batch_size=32)
+    text = (project / ".github" / "workflows" / "ci.yml").read_text()
+    workflow = yaml.safe_load(text)
+    assert "${{ matrix.python-version }}" in text  # GitHub's expressions, not Jinja's
+    steps = [step["run"] for step in workflow["jobs"]["test"]["steps"] if "run" in step]
+    assert steps[0] == (
+        "python -m pip install torch --index-url https://download.pytorch.org/whl/cpu"
+    )
+    assert steps[1] == 'python -m pip install -e ".[dev]"'
+    assert "python -m pytest" in steps
+    # The steps after the installs, as GitHub runs them (the tests run in test_bake.py), with
+    # this Python and its ruff first on the PATH.
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for step in steps[2:]:
+        if step != "python -m pytest":
+            result = subprocess.run(step, shell=True, cwd=project, env=env, capture_output=True)
+            assert result.returncode == 0, (step, result.stdout, result.stderr)
+    assert (project / "data" / "partition.json").exists()
+
+
+def test_answers_are_saved_and_replay_bakes_the_project_again(
+    cookies, tmp_path: Path, config_file: Path
+) -> None:
+    project = bake(cookies, project_name="Replay Me", batch_size=16, use_tensorboard=True)
+    saved = json.loads((project / ".cookiecutter.json").read_text())["cookiecutter"]
+    assert saved["project_slug"] == "replay_me" and saved["batch_size"] == "16"
+    assert saved["use_tensorboard"] is True
+    assert saved["_template_version"] == TEMPLATE_VERSION
+    assert not {"_output_dir", "_repo_dir", "_checkout"} & set(saved)  # no paths of this machine
+
+    again = tmp_path / "again"
+    command = [sys.executable, "-m", "cookiecutter", str(ROOT), "-o", str(again)]
+    command += ["--config-file", str(config_file)]
+    command += ["--replay-file", str(project / ".cookiecutter.json")]
+    run(command, tmp_path)
+    for path in project.rglob("*"):
+        if path.is_file() and path.name != ".cookiecutter.json":
+            twin = again / "replay_me" / path.relative_to(project)
+            assert twin.read_bytes() == path.read_bytes(), path
+
+
+def test_tensorboard_answer_sets_the_flag_and_the_dependency(cookies) -> None:
+    from conftest import defaults
+
+    for chosen in (True, False):
+        project = bake(cookies, use_tensorboard=chosen)
+        assert defaults(project)["tensorboard"] is chosen
+        meta = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+        assert ("tensorboard>=2.14" in meta["dependencies"]) is chosen
+
+
+def git(*args: str, cwd: Path, env: dict[str, str]) -> str:
+    return run(["git", *args], cwd, env).stdout
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "configured",
+        "no identity",
+        "no git",
+        pytest.param(
+            "git fails",
+            marks=pytest.mark.skipif(os.name == "nt", reason="a shell script stands in for git"),
+        ),
+    ],
+)
+def test_git_init_commits_or_skips_with_a_message(
+    cookies, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd, how: str
+) -> None:
+    env = git_env(tmp_path / "home", identity=how != "no identity")
+    if how == "no git":
+        env["PATH"] = str(tmp_path / "empty")  # the hooks run with this Python, found no git
+    if how == "git fails":  # as an old or broken git might: init works, commit does not
+        fake = tmp_path / "bin"
+        fake.mkdir()
+        (fake / "git").write_text(
+            f'#!/bin/sh\nfor a; do [ "$a" = commit ] && echo "fatal: too old" >&2 && exit 1; done\n'
+            f'exec {shutil.which("git")} "$@"\n'
+        )
+        (fake / "git").chmod(0o755)
+        env["PATH"] = f"{fake}{os.pathsep}{env['PATH']}"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for key in set(os.environ) - set(env):
+        monkeypatch.delenv(key)
+
+    project = bake(cookies, git_init=True)
+
+    out = capfd.readouterr().out
+    if how == "configured":
+        assert f"Made a git repository in {project} with a first commit." in out
+        assert git("status", "--porcelain", cwd=project, env=env) == ""
+        log = git("log", "--format=%an %s", cwd=project, env=env)
+        message = f"Generate the project from the PyTorch data-loading template {TEMPLATE_VERSION}"
+        assert log == f"Ada {message}\n"
+        tracked = git("ls-files", cwd=project, env=env).split()
+        assert {"pytorch_script.py", ".pre-commit-config.yaml", "data/.gitkeep"} <= set(tracked)
+        return
+    assert not (project / ".git").exists()
+    assert (project / "pytorch_script.py").exists()
+    expected = {
+        "no identity": "No git repository: git commit failed (fatal: no email was given and",
+        "no git": "No git repository: git is not installed. Later: git init && git add --all",
+        "git fails": "No git repository: git commit failed (fatal: too old). If git lacks",
+    }[how]
+    assert expected in out
+
+
+@pytest.mark.slow
+def test_cruft_creates_checks_and_updates_a_project(template_repo: Path, tmp_path: Path) -> None:
+    env = git_env(tmp_path / "home")
+    template = tmp_path / "template"
+    run(["git", "clone", "--quiet", str(template_repo), str(template)], tmp_path, env)
+    cruft = [sys.executable, "-m", "cruft"]
+    context = ["--extra-context", json.dumps(NO_DATA)]
+    run([*cruft, "create", template.as_uri(), "--no-input", *context], tmp_path, env)
+    project = tmp_path / "my_pytorch_project"
+    run([*cruft, "check"], project, env)
+    git("init", "--quiet", cwd=project, env=env)
+    git("add", "--all", cwd=project, env=env)
+    git("commit", "--quiet", "-m", "generated", cwd=project, env=env)
+    (project / "notes.md").write_text("my notes\n")  # the user's own work
+    git("add", "notes.md", cwd=project, env=env)
+    git("commit", "--quiet", "-m", "notes", cwd=project, env=env)
+
+    # A newer template: a changed line in the generated README, and a new version.
+    readme = template / "{{cookiecutter.project_slug}}" / "README.md"
+    readme.write_text(readme.read_text() + "\nA line from a newer template.\n")
+    config = json.loads((template / "cookiecutter.json").read_text())
+    config["_template_version"] = "99.0.0"
+    (template / "cookiecutter.json").write_text(json.dumps(config, indent=2) + "\n")
+    git("commit", "--quiet", "--all", "-m", "newer", cwd=template, env=env)
+
+    stale = subprocess.run([*cruft, "check"], cwd=project, env=env, capture_output=True, text=True)
+    assert stale.returncode != 0
+    run([*cruft, "update", "--skip-apply-ask", "--allow-untracked-files"], project, env)
+    run([*cruft, "check"], project, env)
+    assert (project / "README.md").read_text().endswith("\nA line from a newer template.\n")
+    assert (project / "notes.md").read_text() == "my notes\n"
+    saved = json.loads((project / ".cookiecutter.json").read_text())["cookiecutter"]
+    assert saved["_template_version"] == "99.0.0"
+
+
+def test_the_changelog_names_the_template_version() -> None:
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    versions = re.findall(r"^## \[?(\d+\.\d+\.\d+)\]?", changelog, flags=re.MULTILINE)
+    assert versions and versions[0] == TEMPLATE_VERSION
