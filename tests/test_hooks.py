@@ -129,6 +129,22 @@ def test_without_torch_the_project_is_kept_with_the_commands_to_finish(
     assert (project / "pytorch_script.py").exists()
 
 
+def test_an_existing_directory_is_refused_without_f_and_left_untouched(
+    tmp_path: Path, config_file: Path
+) -> None:
+    project = tmp_path / "my_pytorch_project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "labels.json").write_text('{"mine": 0}')
+    (project / "pytorch_script.py").write_text("# my own script\n")
+    before = {p: p.read_bytes() for p in project.rglob("*") if p.is_file()}
+
+    result = cookiecutter_cli("--config-file", str(config_file), cwd=tmp_path)
+
+    assert result.returncode != 0
+    assert "already exists" in result.stdout + result.stderr
+    assert {p: p.read_bytes() for p in project.rglob("*") if p.is_file()} == before
+
+
 @pytest.mark.slow
 def test_a_failing_smoke_test_fails_the_run_and_keeps_the_users_files(
     tmp_path: Path, config_file: Path
