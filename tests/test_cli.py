@@ -1,6 +1,7 @@
 """How users run the template: a path, a git URL (as gh:<org>/<repo> is), a clone, --replay."""
 
 import filecmp
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,38 @@ def test_jinja_in_an_answer_comes_out_literally(tmp_path: Path, config_file: Pat
         assert (project / "README.md").read_text(encoding="utf-8").startswith(f"# {JINJA}\n")
     assert rendered.returncode == 0
     assert (tmp_path / "cli" / "seven" / "README.md").read_text().startswith("# 49\n")
+
+
+def test_booleans_as_text_are_normalised_or_refused_before_anything_is_written(
+    tmp_path: Path, config_file: Path
+) -> None:
+    common = [str(ROOT), "--config-file", str(config_file), *NO_DATA_ARGS]
+    cookiecutter_cli(
+        *common, "--no-input", "-o", str(tmp_path / "ok"), "shuffle=0", "git_init=off", cwd=tmp_path
+    )
+    saved = json.loads((tmp_path / "ok" / "my_pytorch_project" / ".cookiecutter.json").read_text())
+    assert (saved["cookiecutter"]["shuffle"], saved["cookiecutter"]["git_init"]) == (False, False)
+
+    # cookiecutter itself refuses what it cannot read as a boolean...
+    command = [sys.executable, "-m", "cookiecutter", *common, "--no-input"]
+    refused = subprocess.run(
+        [*command, "-o", str(tmp_path / "no"), "shuffle=maybe"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "maybe provided for variable shuffle could not be converted to a boolean" in (
+        refused.stderr
+    )
+    assert not (tmp_path / "no").exists()
+    # ...and the pre-gen hook what arrives as text another way, such as a hand-edited replay file.
+    saved["cookiecutter"]["shuffle"] = "maybe"
+    replay = tmp_path / "answers.json"
+    replay.write_text(json.dumps(saved))
+    refused = subprocess.run(
+        [sys.executable, "-m", "cookiecutter", str(ROOT), "--config-file", str(config_file)]
+        + ["--replay-file", str(replay), "-o", str(tmp_path / "replayed")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "error: shuffle='maybe': must be true or false" in refused.stderr
+    assert not (tmp_path / "replayed").exists() or list((tmp_path / "replayed").iterdir()) == []
