@@ -89,3 +89,27 @@ def test_killed_half_way_the_data_stays_incomplete_until_rerun_with_force(
     assert "already holds data" in capsys.readouterr().err
     assert make_sample_data.main(["--data-dir", str(data_dir), *ARGS, "--force"]) == 0
     assert len(json.loads((data_dir / "labels.json").read_text())) == 40
+
+
+def test_a_full_disk_is_named_and_leaves_no_data_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    save = make_sample_data.torch.save
+
+    def save_until_the_disk_is_full(obj: object, path: Path) -> None:
+        if path.name == "id-7.pt":
+            Path(path).write_bytes(b"half a samp")  # what a full disk leaves
+            raise OSError(28, "No space left on device")
+        save(obj, path)
+
+    monkeypatch.setattr(make_sample_data.torch, "save", save_until_the_disk_is_full)
+    data_dir = tmp_path / "data"
+    assert make_sample_data.main(["--data-dir", str(data_dir), *ARGS]) == 1
+
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write {data_dir / 'id-7.pt'} (No space left on device; ")
+    assert err.endswith(
+        "free some space or choose another --data-dir, then run again with --force\n"
+    )
+    assert not (data_dir / "id-7.pt").exists()  # no half-written sample
+    assert not (data_dir / "partition.json").exists()  # no data set that looks complete
