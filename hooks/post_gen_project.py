@@ -44,6 +44,11 @@ def git_init() -> str:
         return f"No git repository: git is not installed. Later: {later}"
     if (PROJECT / ".git").exists():  # regenerated with -f over a repository: it stays as it is
         return f"Kept the git repository in {shown(PROJECT)} as it was."
+    inside = subprocess.run(
+        [git, "rev-parse", "--show-toplevel"], cwd=PROJECT, capture_output=True, text=True
+    )
+    if inside.returncode == 0:  # generated into a repository: no repository inside it
+        return f"No git repository made: the project is in the one at {inside.stdout.strip()}."
     version = ANSWERS["_template_version"]
     message = f"Generate the project from the PyTorch data-loading template {version}"
     # user.useConfigOnly: no commit under a name and email guessed from the host name

@@ -72,7 +72,7 @@ def check_fraction(value: object) -> str | None:
 def check_batch_size(value: object) -> str | None:
     problem = check_int(value, 1)
     split = check_int(ANSWERS["num_samples"], 2) or check_fraction(ANSWERS["validation_fraction"])
-    if problem is None and split is None:
+    if problem is None and split is None and ANSWERS["create_sample_data"] is True:
         num_samples = int(ANSWERS["num_samples"])
         num_train = num_samples - round(num_samples * float(ANSWERS["validation_fraction"]))
         if int(str(value)) > num_train:

@@ -64,6 +64,8 @@ def test_from_a_git_url_like_gh_org_repo(
     assert (tmp_path / "cookiecutters" / "repo" / "cookiecutter.json").exists()
     baked = tmp_path / "out" / "my_pytorch_project"
     assert (baked / "pytorch_script.py").exists() and defaults(baked)["batch_size"] == 64
+    saved = json.loads((baked / ".cookiecutter.json").read_text())["cookiecutter"]
+    assert saved["_template"] == f"git+{template_repo.as_uri()}"  # a URL is worth keeping
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cookiecutter.main import cookiecutter
 
 from conftest import NO_DATA, ROOT, run
 
@@ -144,7 +145,8 @@ def test_answers_are_saved_and_replay_bakes_the_project_again(
     assert saved["project_slug"] == "replay_me" and saved["batch_size"] == "16"
     assert saved["use_tensorboard"] is True
     assert saved["_template_version"] == TEMPLATE_VERSION
-    assert not {"_output_dir", "_repo_dir", "_checkout"} & set(saved)  # no paths of this machine
+    # No paths of this machine: the template came from a directory, not a URL.
+    assert not {"_output_dir", "_repo_dir", "_checkout", "_template"} & set(saved)
 
     again = tmp_path / "again"
     command = [sys.executable, "-m", "cookiecutter", str(ROOT), "-o", str(again)]
@@ -177,6 +179,7 @@ def git(*args: str, cwd: Path, env: dict[str, str]) -> str:
         "configured",
         "no identity",
         "no git",
+        "inside a repository",
         pytest.param(
             "git fails",
             marks=pytest.mark.skipif(os.name == "nt", reason="a shell script stands in for git"),
@@ -184,11 +187,15 @@ def git(*args: str, cwd: Path, env: dict[str, str]) -> str:
     ],
 )
 def test_git_init_commits_or_skips_with_a_message(
-    cookies, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd, how: str
+    tmp_path: Path, config_file: Path, monkeypatch: pytest.MonkeyPatch, capfd, how: str
 ) -> None:
     env = git_env(tmp_path / "home", identity=how != "no identity")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
     if how == "no git":
-        env["PATH"] = str(tmp_path / "empty")  # the hooks run with this Python, found no git
+        env["PATH"] = str(tmp_path / "empty")  # the hooks run with this Python, find no git
+    if how == "inside a repository":
+        git("init", "--quiet", cwd=out_dir, env=env)
     if how == "git fails":  # as an old or broken git might: init works, commit does not
         fake = tmp_path / "bin"
         fake.mkdir()
@@ -203,7 +210,12 @@ def test_git_init_commits_or_skips_with_a_message(
     for key in set(os.environ) - set(env):
         monkeypatch.delenv(key)
 
-    project = bake(cookies, git_init=True)
+    project = Path(
+        cookiecutter(
+            str(ROOT), no_input=True, extra_context=NO_DATA | {"git_init": True},
+            output_dir=str(out_dir), config_file=str(config_file),
+        )
+    )  # fmt: skip
 
     out = capfd.readouterr().out
     if how == "configured":
@@ -220,6 +232,7 @@ def test_git_init_commits_or_skips_with_a_message(
     expected = {
         "no identity": "No git repository: git commit failed (fatal: no email was given and",
         "no git": "No git repository: git is not installed. Later: git init && git add --all",
+        "inside a repository": f"No git repository made: the project is in the one at {out_dir}.",
         "git fails": "No git repository: git commit failed (fatal: too old). If git lacks",
     }[how]
     assert expected in out

@@ -143,8 +143,7 @@ def make_sample_data(
         except (OSError, RuntimeError) as err:  # a full disk, a quota: torch says little
             path.unlink(missing_ok=True)
             raise DataError(
-                f"{write_error(path, err)}: free some space or choose another --data-dir,"
-                " then run again with --force"
+                write_error(path, err, "choose another --data-dir, then run again with --force")
             ) from None
         labels[ID] = classes[i]
 

@@ -8,6 +8,7 @@ X, y = training_set[0]
 training_set = PackedDataset("data/packed/train")  # after `python pack_data.py`: the same (X, y)
 """
 
+import errno
 import hashlib
 import io
 import json
@@ -162,11 +163,19 @@ def load_error(err: Exception) -> str:
     return reason if " " in reason else f"{type(err).__name__}: {reason}".rstrip(": ")
 
 
-def write_error(path: Path, err: Exception) -> str:
-    """Why writing path failed, with the space left there: torch.save's own errors do not say."""
-    reason = err.strerror if isinstance(err, OSError) and err.strerror else "the write failed"
-    free = shutil.disk_usage(path.parent).free / 2**20
-    return f"cannot write {path} ({reason}; {free:,.1f} MiB free in {path.parent})"
+def write_error(path: Path, err: Exception, otherwise: str) -> str:
+    """Why writing path failed, and what to do: free some space, or `otherwise`. torch.save's
+    own errors do not say that the disk is full, so the space left there is part of the line."""
+    no_space = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
+    if isinstance(err, OSError) and err.errno not in no_space:
+        return f"cannot write {path} ({err.strerror or err}): {otherwise}"
+    lines = str(err).strip().splitlines()
+    reason = err.strerror if isinstance(err, OSError) else lines[0] if lines else "write failed"
+    try:
+        free = f"; {shutil.disk_usage(path.parent).free / 2**20:,.1f} MiB free in {path.parent}"
+    except OSError:
+        free = ""
+    return f"cannot write {path} ({reason}{free}): free some space or {otherwise}"
 
 
 def load_partition(data_dir: str | Path) -> tuple[dict[str, list[str]], dict[str, int]]:

@@ -8,7 +8,9 @@ exactly the files it was packed from: after changing the data, run pack_data.py 
 """
 
 import argparse
+import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -64,6 +66,23 @@ def pack_split(
     np.save(out_dir / "IDs.npy", np.array(IDs, dtype=str))
 
 
+def remove_what_killed_runs_left(data_dir: Path) -> None:
+    """Remove the temporary directories of pack runs killed on this machine (kill -9, a crash);
+    not those of a run still going, here or on another machine of a cluster."""
+    if os.name == "nt":  # there, os.kill(pid, 0) would end the process rather than probe it
+        return
+    host = socket.gethostname()
+    for tmp in data_dir.glob(f"{PACKED}.tmp-*"):
+        made_by = tmp.name.removeprefix(f"{PACKED}.tmp-").rsplit("-", 2)
+        if len(made_by) == 3 and made_by[0] == host and made_by[1].isdigit():
+            try:
+                os.kill(int(made_by[1]), 0)  # raises if no such process
+            except ProcessLookupError:
+                shutil.rmtree(tmp, ignore_errors=True)
+            except PermissionError:  # it runs, as another user
+                pass
+
+
 def pack(data_dir: Path) -> Path:
     """Write data_dir/packed beside it and swap it in whole; returns its path."""
     partition, labels = load_partition(data_dir)
@@ -80,11 +99,11 @@ def pack(data_dir: Path) -> Path:
 
     packed, old = data_dir / PACKED, data_dir / f"{PACKED}.old"
     shutil.rmtree(old, ignore_errors=True)  # from a run stopped between the two renames below
-    for killed in data_dir.glob(f"{PACKED}.tmp-*"):  # from runs killed before their cleanup
-        shutil.rmtree(killed, ignore_errors=True)
+    remove_what_killed_runs_left(data_dir)
     # Packed into a new temporary directory first: until the renames, the previous pack is
     # untouched, and an interrupted run removes the temporary one.
-    tmp = Path(tempfile.mkdtemp(dir=data_dir, prefix=f"{PACKED}.tmp-"))
+    prefix = f"{PACKED}.tmp-{socket.gethostname()}-{os.getpid()}-"
+    tmp = Path(tempfile.mkdtemp(dir=data_dir, prefix=prefix))
     tmp.chmod(0o755)  # mkdtemp makes it private; the packed data is shared like data/
     try:
         for split in SPLITS:

@@ -38,10 +38,11 @@ def read_metrics(path: Path) -> dict[str, list[float]]:
             values = [float(value) for value in row]
         except ValueError:
             values = []
-        if len(values) != len(COLUMNS) or not all(map(math.isfinite, values)):
+        if len(values) != len(COLUMNS):
             raise MetricsError(f"{path}, line {line}: expected {len(COLUMNS)} numbers, got {row}")
         for column, value in zip(COLUMNS, values, strict=True):
-            metrics[column].append(value)
+            # A run that diverged logs nan or inf: drawn as a gap, the rest of the curve stays.
+            metrics[column].append(value if math.isfinite(value) else math.nan)
     if not metrics["epoch"]:
         raise MetricsError(f"{path}: no epoch finished yet, nothing to plot")
     return metrics
@@ -53,6 +54,7 @@ def plot(metrics: dict[str, list[float]], title: str, out: Path) -> None:
 
     matplotlib.use("Agg")  # files only: no display needed, on a cluster node or in CI
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = metrics["epoch"]
     figure, (loss, accuracy) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
@@ -64,10 +66,12 @@ def plot(metrics: dict[str, list[float]], title: str, out: Path) -> None:
     accuracy.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02), title="Validation accuracy")
     for axes in (loss, accuracy):
         axes.grid(alpha=0.3)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     figure.suptitle(title)
     # Drawn beside out, then renamed over it: an image viewer never sees half a file.
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; an image is shared like any file
         with os.fdopen(fd, "wb") as f:
             figure.savefig(f, format="png", dpi=100)
         os.replace(tmp, out)

@@ -122,8 +122,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--loader-timeout",
         type=non_negative_float,
         default=0,
-        help="seconds to wait for one batch before failing (a read that hangs on a stalled"
-        " network file system); 0 waits for ever",
+        help="seconds to wait for one batch (the first includes starting the workers) before"
+        " failing, rather than hang on a stalled network file system; 0 waits for ever",
     )
     parser.add_argument(
         "--data-format",
@@ -272,6 +272,7 @@ def loader_params(
         # differs between workers and repeats from run to run.
         "generator": torch.Generator().manual_seed(seed),
         "collate_fn": PackedDataset.collate_fn if data_format == "packed" else None,
+        "worker_init_fn": quiet_when_stopped if num_workers > 0 else None,
     }
 
 
@@ -296,67 +297,6 @@ def samplers(
     return training_sampler, validation_sampler
 
 
-class LoaderTimeout(BaseException):
-    """No batch within --loader-timeout. A BaseException, as KeyboardInterrupt: it arrives in the
-    middle of a read, and no `except Exception` on the way may take it for a bad file."""
-
-
-def _expired(signum: int, frame: object) -> None:
-    raise LoaderTimeout
-
-
-# Reads in this process (the first sample; every batch with --num-workers 0) are timed by a
-# timer signal, which Windows lacks.
-CAN_TIME_READS = hasattr(signal, "setitimer")
-
-
-@contextlib.contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    """Raise LoaderTimeout in this process if the block takes longer than seconds (0: no limit)."""
-    if not seconds or not CAN_TIME_READS:
-        yield
-        return
-    previous = signal.signal(signal.SIGALRM, _expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def within(batches: Iterable, seconds: float) -> Iterator:
-    """The batches, each read within seconds (0: no limit)."""
-    iterator = iter(batches)
-    while True:
-        with deadline(seconds):
-            batch = next(iterator, None)
-        if batch is None:
-            return
-        yield batch
-
-
-def loader_failure(err: BaseException, args: argparse.Namespace) -> str | None:
-    """What to do about a DataLoader failure that has a known cause; None for any other."""
-    text = str(err) if isinstance(err, RuntimeError) else ""
-    if isinstance(err, LoaderTimeout) or text.startswith("DataLoader timed out"):
-        return (
-            f"no batch within --loader-timeout {args.loader_timeout:g} s: reading a sample from"
-            f" {args.data_dir} hangs (a stalled network file system?); check that its files"
-            " read, or raise --loader-timeout"
-        )
-    if "DataLoader worker" in text and "shared memory" in text:
-        free = ""
-        if os.path.isdir("/dev/shm"):
-            free = f" (/dev/shm has {shutil.disk_usage('/dev/shm').free / 2**20:,.1f} MiB free)"
-        return (
-            f"the DataLoader workers ran out of shared memory{free}, where they hand batches"
-            " over: in Docker, give the container more with --shm-size=8g (or --ipc=host);"
-            " or run with --num-workers 0, which needs none"
-        )
-    return None
-
-
 def train(
     model: nn.Module,
     training_generator: torch.utils.data.DataLoader,
@@ -378,7 +318,9 @@ def train(
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     loss_sum = torch.zeros((), device=device)
     num_samples = 0
-    batches = within(islice(training_generator, max_batches), timeout)
+    batches = islice(training_generator, max_batches)
+    if timeout:
+        batches = within(batches, timeout)
     total = min(len(training_generator), max_batches or len(training_generator))
     start = ready = None
     waited = 0.0
@@ -433,7 +375,10 @@ def validate(
     loss_sum = torch.zeros((), device=device)
     num_correct = torch.zeros((), dtype=torch.long, device=device)
     num_samples = 0
-    for local_batch, local_labels in within(islice(validation_generator, max_batches), timeout):
+    batches = islice(validation_generator, max_batches)
+    if timeout:
+        batches = within(batches, timeout)
+    for local_batch, local_labels in batches:
         keep = min(len(local_labels), share - num_samples)
         if keep <= 0:
             break
@@ -506,12 +451,8 @@ def ctrl_c_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def tensorboard_writer(
-    metrics_csv: Path, start_epoch: int
-) -> "torch.utils.tensorboard.SummaryWriter":
-    """A TensorBoard writer for the run whose metrics go to metrics_csv: runs/metrics.csv logs
-    into runs/metrics/. Steps from start_epoch on, of an earlier run, are dropped (purge_step),
-    as the CSV's rows are."""
+def tensorboard_writer_class() -> type:
+    """torch's SummaryWriter, or a DataError that says how to install tensorboard."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
@@ -519,7 +460,25 @@ def tensorboard_writer(
             "--tensorboard needs the tensorboard package: pip install -e '.[tensorboard]',"
             " or pass --no-tensorboard"
         ) from None
-    return SummaryWriter(metrics_csv.with_suffix(""), purge_step=start_epoch)
+    return SummaryWriter
+
+
+def open_metrics(args: argparse.Namespace, start_epoch: int) -> tuple:
+    """The metrics CSV, open to append rows (a header written if new), and a TensorBoard writer
+    into its path without .csv (runs/metrics.csv: runs/metrics/) or None. With --resume, rows
+    and TensorBoard steps after the checkpoint's epoch are dropped (purge_step)."""
+    args.metrics_csv.parent.mkdir(parents=True, exist_ok=True)
+    writer = None
+    if args.tensorboard:
+        SummaryWriter = tensorboard_writer_class()
+        writer = SummaryWriter(args.metrics_csv.with_suffix(""), purge_step=start_epoch)
+    appending = args.resume and args.metrics_csv.exists()
+    if appending:
+        keep_metrics_until(args.metrics_csv, start_epoch - 1)
+    metrics_file = open(args.metrics_csv, "a" if appending else "w", encoding="utf-8")
+    if not appending:
+        metrics_file.write("epoch,train_loss,val_loss,val_accuracy\n")
+    return metrics_file, writer
 
 
 def save_checkpoint(checkpoint: dict, path: Path) -> None:
@@ -539,8 +498,7 @@ def save_checkpoint(checkpoint: dict, path: Path) -> None:
             Path(name).unlink(missing_ok=True)
             if isinstance(err, (OSError, RuntimeError)):  # a full disk, a quota: torch says little
                 raise DataError(
-                    f"{write_error(path, err)}: free some space or pass another --checkpoint-dir,"
-                    " then --resume"
+                    write_error(path, err, "pass another --checkpoint-dir, then --resume")
                 ) from None
             raise
 
@@ -556,8 +514,9 @@ def load_checkpoint(path: Path, device: torch.device) -> dict:
         ) from None
     except Exception as err:
         raise DataError(
-            f"{path} is not a checkpoint this script can load ({load_error(err)});"
-            " train without --resume, or resume from a copy of best.pt"
+            f"{path} is not a checkpoint this script can load ({load_error(err)}): copy"
+            f" best.pt over it to resume from there, or start a new run with --checkpoint-dir"
+            f" DIR (or after deleting {path.parent})"
         ) from None
     keys = {"model", "optimizer", "scaler", "epoch", "best_val_accuracy", "rng", "input_shape"}
     keys |= {"num_classes"}
@@ -609,8 +568,8 @@ def run(args: argparse.Namespace) -> None:
     main_timeout = args.loader_timeout if params["num_workers"] == 0 else 0
     if main_timeout and not CAN_TIME_READS:
         raise DataError(
-            "--loader-timeout with --num-workers 0 needs a timer signal, which this system lacks:"
-            " use --num-workers 1 or more"
+            "--loader-timeout without DataLoader workers needs a timer signal, which this system"
+            f" lacks: use --num-workers 1 or more ({usable_cpus()} CPUs usable)"
         )
 
     # Datasets
@@ -657,7 +616,8 @@ def run(args: argparse.Namespace) -> None:
         if saved_for != (input_shape, num_classes):
             raise DataError(
                 f"{path} was saved for samples of shape {saved_for[0]} in {saved_for[1]} classes;"
-                f" {args.data_dir} has shape {input_shape} in {num_classes}: train without --resume"
+                f" {args.data_dir} has shape {input_shape} in {num_classes}: start a new run"
+                " with --checkpoint-dir DIR"
             )
         try:
             model.load_state_dict(checkpoint["model"])
@@ -667,7 +627,7 @@ def run(args: argparse.Namespace) -> None:
             reason = str(err).strip().splitlines()[-1].strip()
             raise DataError(
                 f"{path} was saved for another model, data or --amp ({reason});"
-                " train without --resume"
+                " start a new run with --checkpoint-dir DIR"
             ) from None
         for group in optimizer.param_groups:
             group["lr"] = args.lr  # this run's --lr, as every other flag of this run
@@ -692,22 +652,14 @@ def run(args: argparse.Namespace) -> None:
     )
     warned = False
 
-    # Objects made so far live as long as the run: keep the garbage collector of each forked
-    # worker from writing to them, which would copy their pages into it (tens of MB each).
-    gc.freeze()
     metrics_file = writer = None  # rank 0 writes the metrics and the checkpoints
-    if rank == 0 and args.metrics_csv:
-        args.metrics_csv.parent.mkdir(parents=True, exist_ok=True)
-        appending = args.resume and args.metrics_csv.exists()
-        if appending:
-            keep_metrics_until(args.metrics_csv, start_epoch - 1)
-        metrics_file = open(args.metrics_csv, "a" if appending else "w", encoding="utf-8")
-        metrics = csv.writer(metrics_file, lineterminator="\n")
-        if not appending:
-            metrics.writerow(["epoch", "train_loss", "val_loss", "val_accuracy"])
-        if args.tensorboard:
-            writer = tensorboard_writer(args.metrics_csv, start_epoch)
+    if rank == 0 and args.metrics_csv and args.tensorboard:
+        tensorboard_writer_class()  # now, rather than fail after the first epoch
     try:
+        # Objects made so far live as long as the run: keep the garbage collector of each forked
+        # worker from writing to them, which would copy their pages into it (tens of MB each).
+        gc.freeze()
+
         # Loop over epochs
         for epoch in range(start_epoch, max_epochs + 1):
             start = time.perf_counter()
@@ -743,11 +695,22 @@ def run(args: argparse.Namespace) -> None:
             )
             if data_wait > DATA_WAIT_WARNING and not warned:
                 warned = True
+                where = "" if args.data_dir == Path("data") else f" --data-dir {args.data_dir}"
+                pack = (
+                    ""
+                    if data_format == "packed"
+                    else (f"; `python pack_data.py{where}` packs the data for batched reads")
+                )
                 say(
                     f"warning: {data_wait:.0%} of the training time went to waiting for batches:"
-                    " the run is data-bound. `python bench_loader.py` finds faster loader"
-                    " settings; `python pack_data.py` packs the data for batched reads."
+                    f" the run is data-bound. `python bench_loader.py{where}` finds faster loader"
+                    f" settings{pack}."
                 )
+            if rank == 0 and args.metrics_csv and metrics_file is None:
+                # Opened once an epoch is done: a run that fails in its first epoch leaves the
+                # metrics of the run before as they were.
+                metrics_file, writer = open_metrics(args, start_epoch)
+                metrics = csv.writer(metrics_file, lineterminator="\n")
             if metrics_file:
                 metrics.writerow(
                     [epoch, f"{train_loss:.6f}", f"{val_loss:.6f}", f"{val_accuracy:.6f}"]
@@ -782,6 +745,97 @@ def run(args: argparse.Namespace) -> None:
             metrics_file.close()
         if writer:
             writer.close()
+
+
+# When loading fails: --loader-timeout, and the DataLoader errors whose cause is known
+
+
+class LoaderTimeout(BaseException):
+    """No batch within --loader-timeout. A BaseException, as KeyboardInterrupt: it arrives in the
+    middle of a read, and no `except Exception` on the way may take it for a bad file."""
+
+
+def _expired(signum: int, frame: object) -> None:
+    raise LoaderTimeout
+
+
+# Reads in this process (the first sample; every batch with --num-workers 0) are timed by a
+# timer signal, which Windows lacks.
+CAN_TIME_READS = hasattr(signal, "setitimer")
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Raise LoaderTimeout in this process if the block takes longer than seconds (0: no limit).
+    A read the system cannot interrupt (a hard-mounted NFS) is not stopped: DataLoader workers
+    are, by their timeout."""
+    if (
+        not seconds
+        or not CAN_TIME_READS
+        or threading.current_thread() is not threading.main_thread()  # only it gets signals
+        or signal.getitimer(signal.ITIMER_REAL)[0]  # a timer of a test runner or a job: keep it
+    ):
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, _expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def within(batches: Iterable, seconds: float) -> Iterator:
+    """The batches, each read within seconds (0: no limit)."""
+    iterator = iter(batches)
+    while True:
+        with deadline(seconds):
+            batch = next(iterator, None)
+        if batch is None:
+            return
+        yield batch
+
+
+def loader_failure(err: BaseException, args: argparse.Namespace) -> str | None:
+    """What to do about a DataLoader failure that has a known cause; None for any other."""
+    text = str(err) if isinstance(err, RuntimeError) else ""
+    if isinstance(err, LoaderTimeout) or text.startswith("DataLoader timed out"):
+        # DataLoader's timeout, with workers, also counts their start
+        starting = "" if isinstance(err, LoaderTimeout) else " (starting the workers included)"
+        return (
+            f"no batch within --loader-timeout {args.loader_timeout:g} s{starting}: reading a"
+            f" sample from {args.data_dir} hangs (a stalled network file system?); check that"
+            " its files read, or raise --loader-timeout"
+        )
+    # torch's words for a worker's batch that did not fit in /dev/shm (but not for a worker
+    # that ran out of file descriptors: README.md's FAQ has that one)
+    out_of_shm = ("shared memory(shm)", "out of shared memory", "insufficient shared memory")
+    if "DataLoader worker" in text and any(words in text for words in out_of_shm):
+        if "Too many open files" not in text:
+            size = ""
+            if os.path.isdir("/dev/shm"):
+                size = f" (/dev/shm holds {shutil.disk_usage('/dev/shm').total / 2**20:,.1f} MiB)"
+            return (
+                f"the DataLoader workers ran out of shared memory{size}, where they hand batches"
+                " over: in Docker, give the container more with --shm-size=8g (or --ipc=host);"
+                " or run with --num-workers 0, which needs none"
+            )
+    return None
+
+
+def quiet_when_stopped(worker_id: int) -> None:
+    """In each DataLoader worker: when the training process stops (Ctrl-C) while it takes a
+    batch from this worker, the thread of multiprocessing that hands the batch over loses its
+    connection and would print a traceback. The training process says what happened."""
+    print_error = sys.excepthook  # that thread reports through it
+
+    def excepthook(exc_type: type, exc: BaseException, tb: object) -> None:
+        handing_over = threading.current_thread().name.endswith("(_serve)")
+        if not (handing_over and issubclass(exc_type, (ConnectionError, EOFError))):
+            print_error(exc_type, exc, tb)
+
+    sys.excepthook = excepthook
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,7 +41,7 @@ def test_every_epoch_saves_last_and_best_loadable_safely(tiny_data: Path, tmp_pa
 
 
 def test_a_save_that_fails_half_way_leaves_the_previous_checkpoint(
-    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     checkpoints = tmp_path / "checkpoints"
     flags = ["--num-workers", "0", "--checkpoint-dir", str(checkpoints)]
@@ -58,6 +58,27 @@ def test_a_save_that_fails_half_way_leaves_the_previous_checkpoint(
     assert (checkpoints / "last.pt").read_bytes() == before
     assert checkpoint_files(checkpoints) == ["best.pt", "last.pt"]  # no temporary file left
     assert torch.load(checkpoints / "last.pt", weights_only=True)["epoch"] == 1
+    err = capsys.readouterr().err
+    last = checkpoints / "last.pt"
+    assert err.startswith(f"error: cannot write {last} (No space left on device;")
+    assert err.endswith(" free some space or pass another --checkpoint-dir, then --resume\n")
+
+
+def test_a_directory_that_cannot_be_written_is_named(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    def denied(obj: object, f) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(torch, "save", denied)
+    checkpoints = tmp_path / "checkpoints"
+    flags = ["--num-workers", "0", "--max-epochs", "1", "--checkpoint-dir", str(checkpoints)]
+    assert train(tiny_data, tmp_path / "m.csv", *flags) == 1
+    assert capsys.readouterr().err == (  # no advice to free space: that is not the problem
+        f"error: cannot write {checkpoints / 'last.pt'} (Permission denied): pass another"
+        " --checkpoint-dir, then --resume\n"
+    )
+    assert checkpoint_files(checkpoints) == []
 
 
 @pytest.mark.parametrize("num_workers", ["0", "2"])
@@ -138,12 +159,13 @@ def test_a_checkpoint_of_other_data_is_refused(tiny_data: Path, tmp_path: Path, 
     assert train(other, tmp_path / "m.csv", *flags, "--resume", "--max-epochs", "2") == 1
     err = capsys.readouterr().err
     assert "last.pt was saved for samples of shape (1, 8, 8) in 4 classes;" in err
-    assert "has shape (1, 16, 16) in 4: train without --resume" in err
+    assert "has shape (1, 16, 16) in 4: start a new run with --checkpoint-dir DIR" in err
 
 
 def test_a_new_run_does_not_overwrite_an_earlier_runs_checkpoints(
-    tiny_data: Path, tmp_path: Path, capsys
+    tiny_data: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.chdir(tmp_path)  # where the dry run would write runs/ by default
     checkpoints = tmp_path / "checkpoints"
     flags = ["--num-workers", "0", "--checkpoint-dir", str(checkpoints), "--max-epochs", "1"]
     assert train(tiny_data, tmp_path / "m.csv", *flags) == 0

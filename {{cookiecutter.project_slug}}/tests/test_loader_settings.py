@@ -3,6 +3,7 @@ import multiprocessing
 import random
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -97,7 +98,11 @@ def test_a_slow_loader_is_reported_as_data_bound(
     assert len(shares) == 2 and min(shares) > 50
     warnings = [line for line in lines if line.startswith("warning: ")]
     assert len(warnings) == 1, "warn once per run, not every epoch"
-    assert "the run is data-bound. `python bench_loader.py` finds faster" in warnings[0]
+    assert warnings[0].endswith(
+        f" the run is data-bound. `python bench_loader.py --data-dir {tiny_data}` finds faster"
+        f" loader settings; `python pack_data.py --data-dir {tiny_data}` packs the data for"
+        " batched reads."
+    )
 
 
 def test_the_garbage_collector_is_frozen_while_workers_run(
@@ -165,3 +170,27 @@ def test_worker_memory_does_not_grow_with_the_number_of_IDs() -> None:
     few, many = (in_new_python(worker_memory_after_a_million_samples, n) for n in (1_000, 10**6))
     # The article's list of str and dict: about 30 MB more per worker here.
     assert many - few < 5 * 1024, f"workers grew from {few:.0f} to {many:.0f} kB"
+
+
+def test_workers_keep_quiet_about_a_batch_cut_off_by_ctrl_c(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """multiprocessing's thread that hands a batch to the training process reports a broken
+    connection through sys.excepthook: after Ctrl-C, one line from the training process is
+    enough. Any other error still shows."""
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+    assert params(2)["worker_init_fn"] is pytorch_script.quiet_when_stopped
+    assert params(0)["worker_init_fn"] is None
+    pytorch_script.quiet_when_stopped(0)
+
+    def report(error: BaseException) -> None:
+        sys.excepthook(type(error), error, None)
+
+    for error in (ConnectionResetError(104, "reset"), BrokenPipeError(32, "pipe"), ValueError()):
+        thread = threading.Thread(target=report, args=(error,), name="Thread-1 (_serve)")
+        thread.start()
+        thread.join()
+    report(ConnectionResetError(104, "in a thread of the user's own"))
+    err = capsys.readouterr().err
+    assert "[Errno 104] reset" not in err and "[Errno 32] pipe" not in err
+    assert "ValueError" in err and "in a thread of the user's own" in err

@@ -227,3 +227,16 @@ def test_a_pack_killed_half_way_leaves_the_previous_pack(tiny_data: Path) -> Non
     assert pack_data.main(["--data-dir", str(tiny_data), "--force"]) == 0
     assert not list(tiny_data.glob(f"{PACKED}.*"))  # the killed run's files are gone too
     assert packed_is_stale(tiny_data) is None
+
+
+@pytest.mark.skipif(os.name == "nt", reason="no cleanup there: os.kill cannot probe a process")
+def test_a_pack_leaves_the_work_of_runs_still_going_alone(tiny_data: Path) -> None:
+    import socket
+
+    here = socket.gethostname()
+    running = tiny_data / f"{PACKED}.tmp-{here}-{os.getpid()}-abc123"  # this very process
+    elsewhere = tiny_data / f"{PACKED}.tmp-another-host-1-abc123"  # a cluster job elsewhere
+    for tmp in (running, elsewhere):
+        (tmp / "train").mkdir(parents=True)
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    assert running.exists() and elsewhere.exists()
