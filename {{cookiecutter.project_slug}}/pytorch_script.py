@@ -7,6 +7,8 @@
     python pack_data.py                    # optional: batched reads from one file per split
     python bench_loader.py                 # which loader settings are fastest on this machine
     python pytorch_script.py --dry-run     # one epoch of two batches per split: a quick check
+    python pytorch_script.py --tensorboard # also for TensorBoard: tensorboard --logdir runs
+    python plot_metrics.py                 # the loss and accuracy curves, runs/metrics.png
     python pytorch_script.py --help        # every flag, with its default
 
 On the default sample data, on a 2-core CPU, the last line reads like
