@@ -20,6 +20,16 @@ def train(data_dir: Path, metrics_csv: Path, *flags: str) -> int:
     return pytorch_script.main([*argv, *flags])
 
 
+def snapshot(directory: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Every file below directory: inode, modification time and content, so that a file
+    rewritten, touched or replaced by another shows."""
+    return {
+        p.relative_to(directory).as_posix(): (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
 @pytest.fixture
 def tiny_data(tmp_path: Path) -> Path:
     """256 samples of shape 1x8x8 in 4 classes, in the article's layout; returns their directory."""

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import pytorch_script
-from conftest import train
+from conftest import snapshot, train
 from make_sample_data import make_sample_data
 from my_classes import load_partition
 
@@ -169,15 +169,6 @@ CASES = {
     "label a float": bad_labels(relabel(first_train, 1.5), "the label of '{train[0]}' is 1.5"),
     "label a boolean": bad_labels(relabel(first_train, True), "the label of '{train[0]}' is True"),
 }
-
-
-def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
-    """Every file below directory, with its bytes and modification time."""
-    return {
-        p.relative_to(directory).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.mark.parametrize("num_workers", ["0", "2"])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import pytorch_script
-from conftest import train
+from conftest import snapshot, train
 from make_sample_data import make_sample_data
 
 PROJECT = Path(pytorch_script.__file__).parent
@@ -169,7 +169,7 @@ def test_a_new_run_does_not_overwrite_an_earlier_runs_checkpoints(
     checkpoints = tmp_path / "checkpoints"
     flags = ["--num-workers", "0", "--checkpoint-dir", str(checkpoints), "--max-epochs", "1"]
     assert train(tiny_data, tmp_path / "m.csv", *flags) == 0
-    before = {p.name: p.read_bytes() for p in checkpoints.iterdir()}
+    before = snapshot(checkpoints)
     metrics = (tmp_path / "m.csv").read_text()
 
     assert train(tiny_data, tmp_path / "m.csv", *flags) == 1
@@ -177,7 +177,7 @@ def test_a_new_run_does_not_overwrite_an_earlier_runs_checkpoints(
     # A dry run checks without saving anything.
     assert pytorch_script.main(["--device", "cpu", "--data-dir", str(tiny_data), "--dry-run",
                                 "--checkpoint-dir", str(checkpoints)]) == 0  # fmt: skip
-    assert {p.name: p.read_bytes() for p in checkpoints.iterdir()} == before
+    assert snapshot(checkpoints) == before
     assert (tmp_path / "m.csv").read_text() == metrics
     assert not Path("runs").exists()
 

@@ -10,7 +10,7 @@ import torch
 
 import pack_data
 import pytorch_script
-from conftest import kill_half_way, train
+from conftest import kill_half_way, snapshot, train
 from make_sample_data import make_sample_data
 from my_classes import PACKED, DataError, Dataset, PackedDataset, load_partition, packed_is_stale
 
@@ -104,15 +104,6 @@ def test_a_copy_that_keeps_old_timestamps_makes_the_pack_stale(tiny_data: Path) 
     torch.save(torch.ones(1, 8, 8), path)
     os.utime(path, times)  # as cp -p leaves it: new content, old modification time
     assert packed_is_stale(tiny_data) is not None
-
-
-def snapshot(directory: Path) -> dict[str, tuple[int, bytes]]:
-    """Every file below directory: inode and content."""
-    return {
-        str(p.relative_to(directory)): (p.stat().st_ino, p.read_bytes())
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.mark.parametrize(
@@ -210,7 +201,7 @@ def test_bad_pack_never_replaces_a_good_one_half_way(tiny_data: Path) -> None:
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="a named pipe holds the pack half-way")
 def test_a_pack_killed_half_way_leaves_the_previous_pack(tiny_data: Path) -> None:
     assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
-    before = {p: p.read_bytes() for p in sorted((tiny_data / PACKED).rglob("*")) if p.is_file()}
+    before = snapshot(tiny_data / PACKED)
     partition, _ = load_partition(tiny_data)
     held = tiny_data / f"{partition['train'][100]}.pt"
     sample = held.read_bytes()
@@ -220,8 +211,7 @@ def test_a_pack_killed_half_way_leaves_the_previous_pack(tiny_data: Path) -> Non
     command = [sys.executable, "pack_data.py", "--data-dir", str(tiny_data)]
     kill_half_way(command, lambda: any(tiny_data.glob(f"{PACKED}.tmp-*/train/X.npy")))
 
-    after = {p: p.read_bytes() for p in sorted((tiny_data / PACKED).rglob("*")) if p.is_file()}
-    assert after == before
+    assert snapshot(tiny_data / PACKED) == before
     held.unlink()
     held.write_bytes(sample)
     assert pack_data.main(["--data-dir", str(tiny_data), "--force"]) == 0
