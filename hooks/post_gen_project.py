@@ -73,9 +73,7 @@ def git_init() -> str:
 def smoke_test(pytorch_script, run: list[str]) -> float:
     """Train with DataLoader workers; returns the validation accuracy, raises on failure."""
     with tempfile.TemporaryDirectory() as tmp:
-        metrics_csv = Path(tmp) / "metrics.csv"
-        argv = [*run, "--num-workers", "2", "--metrics-csv", str(metrics_csv)]
-        argv += ["--checkpoint-dir", str(Path(tmp) / "checkpoints")]
+        argv = [*run, "--num-workers", "2", "--runs-dir", tmp, "--run-name", "smoke-test"]
         output = io.StringIO()
         try:
             with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
@@ -87,7 +85,7 @@ def smoke_test(pytorch_script, run: list[str]) -> float:
             raise RuntimeError(
                 f"`python pytorch_script.py {' '.join(argv[:-4])}` failed (output above)"
             )
-        with open(metrics_csv, newline="", encoding="utf-8") as f:
+        with open(Path(tmp, "smoke-test", "metrics.csv"), newline="", encoding="utf-8") as f:
             return float(list(csv.DictReader(f))[-1]["val_accuracy"])
 
 
@@ -138,7 +136,7 @@ def data_and_smoke_test() -> int:
                 file=sys.stderr,
             )
             return 1
-        _, labels = importlib.import_module("my_classes").load_partition(PROJECT / "data")
+        _, labels = importlib.import_module("plumbing.data").load_partition(PROJECT / "data")
         chance = 1 / (max(labels.values()) + 1)
         print(
             f"Smoke test passed in {time.perf_counter() - start:.1f} s: {what} with DataLoader"

@@ -22,28 +22,25 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from my_classes import (
-    PACKED,
-    DataError,
-    Dataset,
-    PackedDataset,
-    error_message,
-    load_partition,
-    packed_is_stale,
-)
-from pytorch_script import get_device, loader_params, non_negative_int, positive_int, usable_cpus
+from my_classes import Dataset
+from plumbing import loader
+from plumbing.cli import non_negative_int, parser, positive_int
+from plumbing.data import load_partition
+from plumbing.distributed import get_device
+from plumbing.errors import ONE_LINE, DataError, one_line
+from plumbing.loader import usable_cpus
+from plumbing.packed import PACKED, PackedDataset, packed_is_stale
 
 
 def training_set(data_dir: Path, data_format: str, max_samples: int) -> torch.utils.data.Dataset:
-    """The training split in this format, cut to its first max_samples samples."""
+    """The training split in this format, as training reads it, cut to its first max_samples."""
+    partition, labels = load_partition(data_dir)
+    dataset = Dataset(partition["train"], labels, data_dir, augment=True)
     if data_format == "packed":
-        stale = packed_is_stale(data_dir)
+        stale = packed_is_stale(data_dir, partition, Dataset)
         if stale:
             raise DataError(f"{stale}: run `python pack_data.py` first")
-        dataset = PackedDataset(data_dir / PACKED / "train")
-    else:
-        partition, labels = load_partition(data_dir)
-        dataset = Dataset(partition["train"], labels, data_dir)
+        dataset = PackedDataset(dataset, data_dir / PACKED / "train")
     if len(dataset) > max_samples:
         # Subset passes whole batches on to PackedDataset.__getitems__.
         dataset = torch.utils.data.Subset(dataset, range(max_samples))
@@ -51,17 +48,33 @@ def training_set(data_dir: Path, data_format: str, max_samples: int) -> torch.ut
 
 
 def samples_per_s(
-    dataset: torch.utils.data.Dataset, params: dict, epochs: int, device: torch.device
+    dataset: torch.utils.data.Dataset,
+    data_format: str,
+    setting: dict,
+    device: torch.device,
+    epochs: int,
 ) -> float:
     """Samples per second over `epochs` epochs, worker start-up included, as training sees it:
     on CUDA, up to the batches' arrival on the device."""
     start = time.perf_counter()
-    generator = torch.utils.data.DataLoader(dataset, **params)
+    params = {key: setting[key] for key in ("batch_size", "num_workers")} | {"shuffle": True}
+    args = argparse.Namespace(seed=0, prefetch_factor=setting["prefetch_factor"], loader_timeout=0)
+    generator = loader.make(
+        dataset,
+        params,
+        args,
+        device,
+        # what training does not vary, but the sweep does
+        persistent_workers=setting["persistent_workers"],
+        pin_memory=setting["pin_memory"],
+        collate_fn=PackedDataset.collate_fn if data_format == "packed" else None,
+    )
     num_samples = 0
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        generator.sampler.set_epoch(epoch)
         for X, y in generator:
             if device.type == "cuda":
-                X.to(device, non_blocking=params["pin_memory"])
+                X.to(device, non_blocking=setting["pin_memory"])
             num_samples += len(y)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -78,18 +91,9 @@ def measure(
     repeats: int,
 ) -> float:
     """Median samples/s of one loader setting."""
-    params = loader_params(
-        batch_size=setting["batch_size"],
-        num_workers=setting["num_workers"],
-        prefetch_factor=setting["prefetch_factor"] or 2,
-        seed=0,
-        device=device,
-        data_format=data_format,
+    return statistics.median(
+        samples_per_s(dataset, data_format, setting, device, epochs) for _ in range(repeats)
     )
-    params["shuffle"] = True  # as training reads
-    params["persistent_workers"] = setting["persistent_workers"]
-    params["pin_memory"] = setting["pin_memory"]
-    return statistics.median(samples_per_s(dataset, params, epochs, device) for _ in range(repeats))
 
 
 def worker_counts(cpus: int) -> list[int]:
@@ -119,34 +123,31 @@ def settings(batch_size: int, device: torch.device) -> list[dict]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="as for training")
-    parser.add_argument(
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--data-dir", type=Path, default=Path("data"), help="as for training")
+    p.add_argument(
         "--format", choices=["files", "packed"], help="measure one setting in this format"
     )
-    parser.add_argument("--num-workers", type=non_negative_int, help="with --format (default 0)")
-    parser.add_argument(
+    p.add_argument("--num-workers", type=non_negative_int, help="with --format (default 0)")
+    p.add_argument(
         "--batch-size",
         type=positive_int,
         default={{ cookiecutter.batch_size | int }},
         help="the batch size to train with; the sweep also tries four times it",
     )
-    parser.add_argument("--prefetch-factor", type=positive_int, help="with --format (default 2)")
-    parser.add_argument("--epochs", type=positive_int, default=2, help="epochs per measurement")
-    parser.add_argument("--repeats", type=positive_int, default=3, help="measurements per median")
-    parser.add_argument(
+    p.add_argument("--prefetch-factor", type=positive_int, help="with --format (default 2)")
+    p.add_argument("--epochs", type=positive_int, default=2, help="epochs per measurement")
+    p.add_argument("--repeats", type=positive_int, default=3, help="measurements per median")
+    p.add_argument(
         "--max-samples", type=positive_int, default=8192, help="training samples per epoch, at most"
     )
-    parser.add_argument(
+    p.add_argument(
         "--device", type=get_device, default="auto", help="decides pin_memory, as in training"
     )
-    parser.add_argument("--json", action="store_true", help="one JSON object (with --format)")
-    args = parser.parse_args(argv)
+    p.add_argument("--json", action="store_true", help="one JSON object (with --format)")
+    args = p.parse_args(argv)
     if not args.format and (args.json or args.num_workers is not None or args.prefetch_factor):
-        parser.error(
+        p.error(
             "--json, --num-workers and --prefetch-factor measure one setting: give --format"
         )
     args.num_workers = args.num_workers or 0
@@ -161,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.format:
             return measure_one(args, device)
         return sweep(args, device)
-    except (DataError, OSError) as err:
-        print(f"error: {error_message(err)}", file=sys.stderr)
+    except (*ONE_LINE, OSError) as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 1
 
 
@@ -184,7 +185,8 @@ def measure_one(args: argparse.Namespace, device: torch.device) -> int:
 
 def sweep(args: argparse.Namespace, device: torch.device) -> int:
     formats = ["files"]
-    stale = packed_is_stale(args.data_dir)
+    partition, _ = load_partition(args.data_dir)
+    stale = packed_is_stale(args.data_dir, partition, Dataset)
     if stale:
         print(f"packed: not measured ({stale}); `python pack_data.py` adds it")
     else:

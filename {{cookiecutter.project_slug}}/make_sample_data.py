@@ -11,7 +11,6 @@ import argparse
 import itertools
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -19,86 +18,51 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from my_classes import DataError, write_error
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """'3,32,32' -> (3, 32, 32)."""
-    try:
-        shape = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        shape = ()
-    if not shape or min(shape) < 1:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a shape: give positive integers separated by commas, e.g. 3,32,32"
-        )
-    return shape
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
-
-
-def fraction(text: str) -> float:
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not strictly between 0 and 1")
-    return value
+from plumbing.cli import fraction, parser, positive_int, shape
+from plumbing.errors import DataError, write_error
+from plumbing.files import atomic_write_text
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="where to write")
-    parser.add_argument(
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--data-dir", type=Path, default=Path("data"), help="where to write")
+    p.add_argument(
         "--num-samples",
         type=positive_int,
         default={{ cookiecutter.num_samples | int }},
         help="sample files to write",
     )
-    parser.add_argument(
+    p.add_argument(
         "--shape",
-        type=parse_shape,
+        type=shape,
         default={{ cookiecutter.sample_shape | replace(" ", "") | tojson }},
         help="shape of one sample",
     )
-    parser.add_argument(
+    p.add_argument(
         "--num-classes",
         type=positive_int,
         default={{ cookiecutter.num_classes | int }},
         help="classes, each with its own pattern",
     )
-    parser.add_argument(
+    p.add_argument(
         "--validation-fraction",
         type=fraction,
         default={{ cookiecutter.validation_fraction | float }},
         help="share of the samples in partition['validation']",
     )
-    parser.add_argument("--seed", type=int, default=0, help="same seed, same data")
-    parser.add_argument(
+    p.add_argument("--seed", type=int, default=0, help="same seed, same data")
+    p.add_argument(
         "--force", action="store_true", help="replace the data already in --data-dir"
     )
-    args = parser.parse_args(argv)
+    args = p.parse_args(argv)
     num_validation = round(args.num_samples * args.validation_fraction)
     if not 2 <= args.num_classes <= args.num_samples or not 0 < num_validation < args.num_samples:
-        parser.error(
+        p.error(
             f"{args.num_samples} samples at --validation-fraction {args.validation_fraction}"
             f" and {args.num_classes} classes: need at least 2 classes, a sample of each class,"
             " and a sample in each split"
         )
     return args
-
-
-def write_json(path: Path, obj: object) -> None:
-    """Write through a temporary file, so that a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def make_sample_data(
@@ -152,8 +116,8 @@ def make_sample_data(
         "train": [IDs[i] for i in order[num_validation:]],
         "validation": [IDs[i] for i in order[:num_validation]],
     }
-    write_json(data_dir / "labels.json", labels)
-    write_json(data_dir / "partition.json", partition)
+    atomic_write_text(data_dir / "labels.json", json.dumps(labels, indent=1) + "\n")
+    atomic_write_text(data_dir / "partition.json", json.dumps(partition, indent=1) + "\n")
     return partition, labels
 
 

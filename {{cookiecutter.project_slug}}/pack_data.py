@@ -1,13 +1,15 @@
-"""Pack data/<ID>.pt into one memory-mapped array per split, for loaders that read whole batches.
+"""Pack what the project's Dataset reads for each ID into one memory-mapped array per split.
 
-    python pack_data.py              # data/packed/{train,validation}/{X,y,IDs}.npy
+    python pack_data.py              # data/packed/{train,validation}/X.npy
     python pytorch_script.py         # then reads data/packed, and says so
 
-The per-file data stays as it is. pytorch_script.py uses the packed copy only while data/ holds
-exactly the files it was packed from: after changing the data, run pack_data.py again.
+Each sample is what my_classes.Dataset.read(ID) returns; random_augmentation still runs on
+every read. The per-file data stays as it is. pytorch_script.py uses the packed copy only
+while data/ holds exactly the files it was packed from and the Dataset class reads them as it
+did then: after changing either, run pack_data.py again.
 """
 
-import argparse
+import json
 import os
 import shutil
 import socket
@@ -20,22 +22,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from my_classes import (
-    FINGERPRINT,
-    PACKED,
-    SPLITS,
-    DataError,
-    data_fingerprint,
-    load_partition,
-    load_sample,
-    packed_is_stale,
-)
+from my_classes import Dataset
+from plumbing.cli import parser
+from plumbing.data import SPLITS, load_partition
+from plumbing.errors import DataError
+from plumbing.files import atomic_write_text
+from plumbing.packed import FINGERPRINT, PACKED, fingerprint, packed_is_stale
 
 
-def pack_split(
-    data_dir: Path, IDs: list[str], labels: dict[str, int], out_dir: Path, like: torch.Tensor
-) -> None:
-    """Stream one split's samples into out_dir/X.npy, one at a time; each must look like `like`."""
+def pack_split(dataset: Dataset, out_dir: Path, like: torch.Tensor) -> None:
+    """Stream dataset.read(ID) of each ID into out_dir/X.npy, one at a time; each must look
+    like `like`."""
     try:
         dtype = torch.empty(0, dtype=like.dtype).numpy().dtype
     except TypeError:
@@ -46,12 +43,13 @@ def pack_split(
     # open_memmap writes the .npy header, then the rows go straight to the file: the split is
     # never in memory all at once.
     X = np.lib.format.open_memmap(
-        out_dir / "X.npy", mode="w+", dtype=dtype, shape=(len(IDs), *like.shape)
+        out_dir / "X.npy", mode="w+", dtype=dtype, shape=(len(dataset), *like.shape)
     )
+    IDs = dataset.list_IDs
     progress = tqdm(IDs, desc=f"packing {out_dir.name}", unit="sample", leave=False, disable=None)
     try:
         for i, ID in enumerate(progress):
-            sample = load_sample(data_dir / f"{ID}.pt", ID)
+            sample = dataset.read(ID)
             if sample.shape != like.shape or sample.dtype != like.dtype:
                 raise DataError(
                     f"sample {ID!r} is {sample.dtype} of shape {tuple(sample.shape)}, but the"
@@ -62,8 +60,6 @@ def pack_split(
         X.flush()
     finally:
         del X  # unmapped, so that the directory can be removed on failure (Windows)
-    np.save(out_dir / "y.npy", np.array([labels[ID] for ID in IDs], dtype=np.int64))
-    np.save(out_dir / "IDs.npy", np.array(IDs, dtype=str))
 
 
 def remove_what_killed_runs_left(data_dir: Path) -> None:
@@ -87,9 +83,9 @@ def pack(data_dir: Path) -> Path:
     """Write data_dir/packed beside it and swap it in whole; returns its path."""
     partition, labels = load_partition(data_dir)
     # Taken before reading the samples: a change made during packing shows as a stale pack.
-    fingerprint = data_fingerprint(data_dir, partition)
-    first = partition["train"][0]
-    like = load_sample(data_dir / f"{first}.pt", first)
+    packed_from = fingerprint(data_dir, partition, Dataset)
+    datasets = {split: Dataset(partition[split], labels, data_dir) for split in SPLITS}
+    like = datasets["train"].read(partition["train"][0])
     needed = sum(len(IDs) for IDs in partition.values()) * like.element_size() * like.numel()
     free = shutil.disk_usage(data_dir).free
     if needed > free:  # a memory-mapped write to a full disk kills the process without a word
@@ -107,8 +103,8 @@ def pack(data_dir: Path) -> Path:
     tmp.chmod(0o755)  # mkdtemp makes it private; the packed data is shared like data/
     try:
         for split in SPLITS:
-            pack_split(data_dir, partition[split], labels, tmp / split, like)
-        (tmp / FINGERPRINT).write_text(fingerprint + "\n", encoding="utf-8")
+            pack_split(datasets[split], tmp / split, like)
+        atomic_write_text(tmp / FINGERPRINT, json.dumps(packed_from) + "\n")
         if packed.exists():
             packed.rename(old)
         tmp.rename(packed)
@@ -123,19 +119,18 @@ def pack(data_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="what to pack")
-    parser.add_argument("--force", action="store_true", help="pack even if up to date")
-    args = parser.parse_args(argv)
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--data-dir", type=Path, default=Path("data"), help="what to pack")
+    p.add_argument("--force", action="store_true", help="pack even if up to date")
+    args = p.parse_args(argv)
 
-    if not args.force and packed_is_stale(args.data_dir) is None:
-        print(f"{args.data_dir / PACKED} is up to date; nothing to do (--force packs anyway)")
-        return 0
     start = time.perf_counter()
     try:
+        if not args.force:
+            partition, _ = load_partition(args.data_dir)
+            if packed_is_stale(args.data_dir, partition, Dataset) is None:
+                print(f"{args.data_dir / PACKED} is up to date; nothing to do (--force packs anyway)")
+                return 0
         packed = pack(args.data_dir)
     except (DataError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

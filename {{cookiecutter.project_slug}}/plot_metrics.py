@@ -1,112 +1,91 @@
-"""Draw the loss and accuracy curves of a training run into a PNG.
+"""Draw the loss and accuracy curves of one training run, or of several side by side, into a PNG.
 
-    python plot_metrics.py                  # runs/metrics.csv -> runs/metrics.png
-    python plot_metrics.py --metrics-csv runs/cpu.csv --out cpu.png
+    python plot_metrics.py                  # the latest run: runs/<name>/metrics.png
+    python plot_metrics.py run-1 run-2      # both runs in one figure: runs/compare.png
+    python plot_metrics.py run-1 --out run-1.png
 
 Needs matplotlib: pip install -e ".[plots]".
 """
 
-import argparse
-import csv
-import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
-COLUMNS = ["epoch", "train_loss", "val_loss", "val_accuracy"]  # as pytorch_script.py writes them
+from plumbing import metrics, runs
+from plumbing.cli import parser
+from plumbing.files import atomic_write
 
 
-class MetricsError(Exception):
-    """A metrics CSV that cannot be plotted; the message says which file and why."""
-
-
-def read_metrics(path: Path) -> dict[str, list[float]]:
-    """The columns of pytorch_script.py's metrics CSV, as lists of numbers."""
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-    except FileNotFoundError:
-        raise MetricsError(
-            f"{path} not found: train first (python pytorch_script.py), or pass --metrics-csv"
-        ) from None
-    if not rows or rows[0] != COLUMNS:
-        raise MetricsError(f"{path}: not a metrics CSV of pytorch_script.py (header {COLUMNS})")
-    metrics: dict[str, list[float]] = {column: [] for column in COLUMNS}
-    for line, row in enumerate(rows[1:], start=2):
-        try:
-            values = [float(value) for value in row]
-        except ValueError:
-            values = []
-        if len(values) != len(COLUMNS):
-            raise MetricsError(f"{path}, line {line}: expected {len(COLUMNS)} numbers, got {row}")
-        for column, value in zip(COLUMNS, values, strict=True):
-            # A run that diverged logs nan or inf: drawn as a gap, the rest of the curve stays.
-            metrics[column].append(value if math.isfinite(value) else math.nan)
-    if not metrics["epoch"]:
-        raise MetricsError(f"{path}: no epoch finished yet, nothing to plot")
-    return metrics
-
-
-def plot(metrics: dict[str, list[float]], title: str, out: Path) -> None:
-    """Loss (training and validation) beside validation accuracy, per epoch, into out."""
+def plot(curves: dict[str, dict[str, list[float]]], title: str, out: Path) -> None:
+    """Loss (training and validation) beside validation accuracy, per epoch, for each run."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed, on a cluster node or in CI
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    epochs = metrics["epoch"]
     figure, (loss, accuracy) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
-    loss.plot(epochs, metrics["train_loss"], marker=".", label="training")
-    loss.plot(epochs, metrics["val_loss"], marker=".", label="validation")
+    for name, run in curves.items():
+        label = f"{name}: " if len(curves) > 1 else ""
+        (line,) = loss.plot(run["epoch"], run["train_loss"], marker=".", label=f"{label}training")
+        loss.plot(
+            run["epoch"], run["val_loss"], marker=".", linestyle="--", color=line.get_color(),
+            label=f"{label}validation",
+        )  # fmt: skip
+        accuracy.plot(run["epoch"], run["val_accuracy"], marker=".", label=name)
     loss.set(xlabel="epoch", ylabel="loss", title="Loss")
     loss.legend()
-    accuracy.plot(epochs, metrics["val_accuracy"], marker=".", color="tab:green")
     accuracy.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02), title="Validation accuracy")
+    if len(curves) > 1:
+        accuracy.legend()
     for axes in (loss, accuracy):
         axes.grid(alpha=0.3)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     figure.suptitle(title)
-    # Drawn beside out, then renamed over it: an image viewer never sees half a file.
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
     try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; an image is shared like any file
-        with os.fdopen(fd, "wb") as f:
-            figure.savefig(f, format="png", dpi=100)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        # Drawn beside out, then renamed over it: an image viewer never sees half a file.
+        atomic_write(out, lambda f: figure.savefig(f, format="png", dpi=100))
     finally:
         plt.close(figure)
 
 
+def metrics_csv(run: str, runs_dir: Path) -> Path:
+    """A run's metrics.csv, from its name in runs_dir, its directory, or the CSV itself."""
+    path = Path(run)
+    if path.suffix == ".csv":
+        return path
+    return (path if path.is_dir() else runs_dir / run) / "metrics.csv"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument(
-        "--metrics-csv", type=Path, default=Path("runs/metrics.csv"), help="what to plot"
-    )
-    parser.add_argument("--out", type=Path, help="the PNG to write; default: the CSV's path, .png")
-    args = parser.parse_args(argv)
-    out = args.out or args.metrics_csv.with_suffix(".png")
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run names, directories or CSVs;"
+                   " default: the latest run")  # fmt: skip
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs are")
+    p.add_argument("--out", type=Path, help="the PNG to write; default: in the run's directory")
+    args = p.parse_args(argv)
 
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         print("error: plot_metrics.py needs matplotlib: pip install -e '.[plots]'", file=sys.stderr)
         return 1
+    names = args.runs or [runs.latest(args.runs_dir) or "run-1"]
+    paths = {name: metrics_csv(name, args.runs_dir) for name in names}
+    if args.out:
+        out = args.out
+    elif len(paths) == 1:
+        out = next(iter(paths.values())).with_suffix(".png")
+    else:
+        out = args.runs_dir / "compare.png"
     try:
-        metrics = read_metrics(args.metrics_csv)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        plot(metrics, str(args.metrics_csv), out)
-    except (MetricsError, OSError) as err:
+        curves = {Path(name).stem if name.endswith(".csv") else Path(name).name: metrics.read(path)
+                  for name, path in paths.items()}  # fmt: skip
+        plot(curves, ", ".join(str(path) for path in paths.values()), out)
+    except (metrics.MetricsError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"Plotted {len(metrics['epoch'])} epochs of {args.metrics_csv} into {out}")
+    epochs = ", ".join(f"{len(run['epoch'])} epochs of {name}" for name, run in curves.items())
+    print(f"Plotted {epochs} into {out}")
     return 0
 
 

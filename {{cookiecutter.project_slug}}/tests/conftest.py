@@ -9,14 +9,15 @@ import pytorch_script
 from make_sample_data import make_sample_data
 
 
-def train(data_dir: Path, metrics_csv: Path, *flags: str) -> int:
-    """pytorch_script.py on the CPU (whatever this machine has), as a user runs it; checkpoints
-    beside the metrics unless flags say otherwise."""
-    argv = ["--device", "cpu", "--data-dir", str(data_dir), "--metrics-csv", str(metrics_csv)]
+def train(data_dir: Path, run_dir: Path, *flags: str) -> int:
+    """pytorch_script.py on the CPU (whatever this machine has), as a user runs it, into the
+    run directory run_dir (its metrics.csv, last.pt, best.pt), unless flags say otherwise."""
+    argv = ["--device", "cpu", "--data-dir", str(data_dir), "--runs-dir", str(run_dir.parent)]
     # Whatever the answers made the defaults: tiny_data has 192 samples to train on, and a test
     # that wants TensorBoard says so.
     argv += ["--batch-size", "32", "--no-tensorboard"]
-    argv += ["--checkpoint-dir", str(metrics_csv.parent / f"{metrics_csv.stem}-checkpoints")]
+    if not any(flag.startswith(("--resume", "--run-name")) for flag in flags):
+        argv += ["--run-name", run_dir.name]
     return pytorch_script.main([*argv, *flags])
 
 

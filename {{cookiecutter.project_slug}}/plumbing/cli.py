@@ -1,0 +1,171 @@
+"""The command line of pytorch_script.py, with the defaults you chose when generating the
+project, and the number parsers every script shares."""
+
+import argparse
+import math
+from pathlib import Path
+
+from plumbing.distributed import get_device
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds (0 or more)")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not strictly between 0 and 1")
+    return value
+
+
+def shape(text: str) -> tuple[int, ...]:
+    """'3,32,32' -> (3, 32, 32)."""
+    try:
+        numbers = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        numbers = ()
+    if not numbers or min(numbers) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a shape: give positive integers separated by commas, e.g. 3,32,32"
+        )
+    return numbers
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """A parser whose --help shows each flag's default, as every script here has."""
+    return argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+
+
+def training_args(argv: list[str] | None, description: str) -> argparse.Namespace:
+    p = parser(description)
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("data"),
+        help="holds <ID>.pt, partition.json and labels.json",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default={{ cookiecutter.batch_size | int }},
+        help="samples per batch",
+    )
+    p.add_argument(
+        "--shuffle",
+        action=argparse.BooleanOptionalAction,
+        default={{ cookiecutter.shuffle }},
+        help="shuffle the training set every epoch",
+    )
+    p.add_argument(
+        "--num-workers",
+        type=non_negative_int,
+        default={{ cookiecutter.num_workers | int }},
+        help="DataLoader worker processes, capped at the CPUs this process may use;"
+        " 0 loads in the main process",
+    )
+    p.add_argument(
+        "--prefetch-factor",
+        type=positive_int,
+        default=2,
+        help="batches each worker prepares ahead (ignored with 0 workers)",
+    )
+    p.add_argument(
+        "--loader-timeout",
+        type=seconds,
+        default=0,
+        help="seconds to wait for one batch (the first includes starting the workers) before"
+        " failing, rather than hang on a stalled network file system; 0 waits for ever",
+    )
+    p.add_argument(
+        "--data-format",
+        choices=["auto", "files", "packed"],
+        default="auto",
+        help="files: data/<ID>.pt; packed: data/packed from pack_data.py;"
+        " auto: packed while it holds what the Dataset reads from data/ now",
+    )
+    p.add_argument(
+        "--max-epochs",
+        type=positive_int,
+        default={{ cookiecutter.max_epochs | int }},
+        help="epochs to train",
+    )
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same run (on the CPU)")
+    p.add_argument(
+        "--device",
+        type=get_device,
+        default="auto",
+        help="cuda, mps, cpu, ...; auto takes CUDA or another accelerator when there is one",
+    )
+    p.add_argument(
+        "--cudnn-benchmark",
+        action=argparse.BooleanOptionalAction,
+        default={{ cookiecutter.cudnn_benchmark }},
+        help="let cuDNN time its algorithms for your input shapes; fast when shapes do not change",
+    )
+    p.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=Path("runs"),
+        help="one directory per run: metrics.csv, checkpoints, settings, TensorBoard events",
+    )
+    p.add_argument(
+        "--run-name",
+        help="this run's directory in --runs-dir; default: the next run-N",
+    )
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        metavar="RUN",
+        help="go on from RUN's last.pt (default: the latest run, or --run-name);"
+        " with no such run yet, start it: a requeued job can always pass --resume",
+    )
+    p.add_argument(
+        "--tensorboard",
+        action=argparse.BooleanOptionalAction,
+        default={{ cookiecutter.use_tensorboard }},
+        help="also log each epoch for TensorBoard, in the run's directory"
+        " (tensorboard --logdir runs)",
+    )
+    p.add_argument(
+        "--amp",
+        action="store_true",
+        help="mixed precision: bfloat16 on the CPU, float16 with loss scaling on CUDA",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="one epoch of two batches per split, then stop; writes nothing",
+    )
+    args = p.parse_args(argv)
+    if args.dry_run:
+        args.max_epochs = 1
+    return args

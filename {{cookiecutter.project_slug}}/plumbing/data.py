@@ -1,0 +1,137 @@
+"""Read and check the article's two dicts and one sample file, and keep IDs compactly."""
+
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from plumbing.errors import DataError, load_error
+
+SPLITS = ("train", "validation")
+
+
+class StringArray(Sequence):
+    """The IDs as one UTF-8 buffer and the offsets into it: memory follows their total length,
+    not the longest ID times their number (as NumPy's fixed-width str arrays do). Two arrays,
+    not a list of str: a DataLoader worker that reads a Python object writes its reference
+    count, which copies the page holding it into the worker (about 62 MB per million IDs and
+    worker over an epoch)."""
+
+    def __init__(self, strings: Sequence[str]) -> None:
+        encoded = [s.encode("utf-8") for s in strings]
+        self.offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in encoded], out=self.offsets[1:])
+        self.buffer = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, index: int) -> str:  # type: ignore[override]
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        index %= len(self)
+        return self.buffer[self.offsets[index] : self.offsets[index + 1]].tobytes().decode()
+
+
+def labels_of(list_IDs: Sequence[str], labels: dict[str, int]) -> np.ndarray:
+    """The label of each ID, in the order of list_IDs, as one array (for the same reason)."""
+    return np.fromiter((labels[ID] for ID in list_IDs), np.int64, len(list_IDs))
+
+
+def load_sample(path: Path, ID: str) -> torch.Tensor:
+    """Load one saved tensor, naming the file if it is missing or unreadable."""
+    try:
+        # A .pt file is a pickle: weights_only=True loads tensors and plain types, never runs code.
+        # Read whole, then parsed from memory: fewer system calls than torch.load(path).
+        # map_location: a tensor saved from a GPU loads to the CPU, as DataLoader workers need.
+        X = torch.load(io.BytesIO(path.read_bytes()), weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise DataError(
+            f"sample {ID!r}: {path} not found; restore it or remove {ID!r} from partition.json"
+        ) from None
+    except Exception as err:  # torch.load's own errors do not say which file was bad
+        raise DataError(
+            f"sample {ID!r}: cannot load {path} ({load_error(err)}); it must be a tensor saved"
+            " with torch.save(tensor, path)"
+        ) from None
+    if not isinstance(X, torch.Tensor):
+        raise DataError(
+            f"sample {ID!r}: {path} holds a {type(X).__name__}, not a tensor;"
+            " save each sample with torch.save(tensor, path)"
+        )
+    return X
+
+
+def like_first(X: torch.Tensor, ID: str, first: tuple[str, torch.Size, torch.dtype]) -> None:
+    """Every sample must have the shape and dtype of the first: a batch stacks them."""
+    first_ID, shape, dtype = first
+    if X.shape != shape or X.dtype != dtype:
+        raise DataError(
+            f"sample {ID!r} is {X.dtype} of shape {tuple(X.shape)}, but sample {first_ID!r} is"
+            f" {dtype} of shape {tuple(shape)}: all samples must have one shape and dtype"
+        )
+
+
+def load_partition(data_dir: str | Path) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """Read and check data_dir/partition.json and data_dir/labels.json, the article's two dicts."""
+    data_dir = Path(data_dir)
+    partition = _read_json(data_dir / "partition.json")
+    labels = _read_json(data_dir / "labels.json")
+
+    where = data_dir / "partition.json"
+    if not isinstance(partition, dict) or set(partition) != set(SPLITS):
+        keys = sorted(partition) if isinstance(partition, dict) else type(partition).__name__
+        raise DataError(
+            f"{where}: expected an object with exactly the keys 'train' and 'validation',"
+            f" got {keys}"
+        )
+    seen: dict[str, str] = {}
+    for split in SPLITS:
+        IDs = partition[split]
+        if not isinstance(IDs, list) or not IDs:
+            raise DataError(f"{where}: {split!r} must be a non-empty list of sample IDs")
+        for ID in IDs:
+            if not isinstance(ID, str) or not _is_plain_name(ID):
+                raise DataError(
+                    f"{where}: {split!r} holds the ID {ID!r}; an ID must be a string, a file"
+                    " name without directories, so that data/<ID>.pt stays inside data/"
+                )
+            if ID in seen:
+                where_else = "twice in" if seen[ID] == split else f"in {seen[ID]!r} and"
+                raise DataError(f"{where}: the ID {ID!r} appears {where_else} {split!r}")
+            seen[ID] = split
+
+    where = data_dir / "labels.json"
+    if not isinstance(labels, dict):
+        raise DataError(
+            f"{where}: expected an object mapping ID to class, got {type(labels).__name__}"
+        )
+    for ID in seen:
+        if ID not in labels:
+            raise DataError(f"{where}: no label for the ID {ID!r} listed in partition.json")
+        label = labels[ID]
+        if not isinstance(label, int) or isinstance(label, bool) or label < 0:
+            raise DataError(
+                f"{where}: the label of {ID!r} is {label!r}; labels are integers 0, 1, 2, ..."
+            )
+    return partition, {ID: labels[ID] for ID in seen}  # only the labels of listed IDs
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        where = "" if path.is_absolute() else f" (from {Path.cwd()})"
+        raise DataError(
+            f"{path} not found{where}: pass --data-dir, run `python make_sample_data.py` for"
+            " sample data, or put your own data in the article's layout (see README.md)"
+        ) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+
+
+def _is_plain_name(ID: str) -> bool:
+    return ID not in ("", ".", "..") and "/" not in ID and "\\" not in ID and "\0" not in ID

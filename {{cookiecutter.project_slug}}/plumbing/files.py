@@ -1,0 +1,49 @@
+"""Writes that never leave half a file: a crash, a full disk or Ctrl-C at any moment leaves the
+previous file or the new one, whole, and no litter."""
+
+import contextlib
+import os
+import signal
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+
+@contextlib.contextmanager
+def ctrl_c_deferred() -> Iterator[None]:
+    """Hold Ctrl-C back until the block is done, then raise KeyboardInterrupt as usual."""
+    if threading.current_thread() is not threading.main_thread():  # only it gets signals
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """write(f) into a temporary file beside path, flushed to the disk, then renamed over path.
+    Ctrl-C waits for it to finish."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with ctrl_c_deferred():
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            os.chmod(name, 0o644)  # mkstemp makes it private; these files are shared like any
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(name, path)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))

@@ -1,0 +1,154 @@
+"""What a run reports each epoch: one line on the screen, a row of runs/<name>/metrics.csv, and
+TensorBoard scalars beside it. The columns are named here and nowhere else."""
+
+import argparse
+import csv
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from plumbing.distributed import rank
+from plumbing.errors import SetupError
+from plumbing.files import atomic_write_text
+from plumbing.runs import save_settings
+
+COLUMNS = ("epoch", "train_loss", "val_loss", "val_accuracy", "data_wait")
+TENSORBOARD_TAGS = {
+    "train_loss": "loss/train",
+    "val_loss": "loss/validation",
+    "val_accuracy": "accuracy/validation",
+    "data_wait": "data_wait",
+}
+# Above this share of training time spent waiting for batches, the run says it is data-bound.
+DATA_WAIT_WARNING = 0.3
+
+
+def tensorboard_writer_class() -> type:
+    """torch's SummaryWriter, or a SetupError that says how to install tensorboard."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise SetupError(
+            "--tensorboard needs the tensorboard package: pip install -e '.[tensorboard]',"
+            " or pass --no-tensorboard"
+        ) from None
+    return SummaryWriter
+
+
+class Log:
+    """The epochs of one run: a line each on the screen, and on rank 0 a row of metrics.csv
+    and TensorBoard scalars in args.run_dir (None: --dry-run, nothing written). The files are
+    opened when the first epoch ends, so a run that fails sooner leaves nothing behind. A
+    resumed run replaces the rows and steps after its checkpoint's epoch (written before a
+    crash could save the checkpoint)."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        start_epoch: int,
+        data_bound_hint: str,
+        say: Callable[[str], None],
+    ) -> None:
+        self.run_dir = args.run_dir if rank() == 0 else None
+        self.args, self.start_epoch, self.hint, self.say = args, start_epoch, data_bound_hint, say
+        self.file = self.writer = None
+        self.warned_data_bound = False
+        if self.run_dir and args.tensorboard:
+            tensorboard_writer_class()  # now, rather than fail after the first epoch
+
+    def epoch(
+        self,
+        epoch: int,
+        train_loss: float,
+        val_loss: float,
+        val_accuracy: float,
+        data_wait: float,
+        started: float,
+    ) -> None:
+        """Report one finished epoch, which started at time.perf_counter() `started`."""
+        self.say(
+            f"epoch {epoch}/{self.args.max_epochs}  train_loss {train_loss:.4f}"
+            f"  val_loss {val_loss:.4f}  val_accuracy {val_accuracy:.4f}"
+            f"  data_wait {data_wait:.0%}  ({time.perf_counter() - started:.1f} s)"
+        )
+        if data_wait > DATA_WAIT_WARNING and not self.warned_data_bound:
+            self.warned_data_bound = True
+            self.say(
+                f"warning: {data_wait:.0%} of the training time went to waiting for batches:"
+                f" the run is data-bound. {self.hint}"
+            )
+        if self.run_dir is None:
+            return
+        if self.file is None:
+            self._open()
+        row = dict(zip(COLUMNS, (epoch, train_loss, val_loss, val_accuracy, data_wait)))
+        csv.writer(self.file, lineterminator="\n").writerow(
+            [epoch] + [f"{row[column]:.6f}" for column in COLUMNS[1:]]
+        )
+        self.file.flush()  # each finished epoch is on disk, even if a later one crashes
+        if self.writer:
+            for column, tag in TENSORBOARD_TAGS.items():
+                self.writer.add_scalar(tag, row[column], epoch)
+            self.writer.flush()
+
+    def _open(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_settings(self.run_dir, vars(self.args))
+        path = self.run_dir / "metrics.csv"
+        if self.args.tensorboard:
+            SummaryWriter = tensorboard_writer_class()
+            self.writer = SummaryWriter(self.run_dir, purge_step=self.start_epoch)
+        appending = self.start_epoch > 1 and path.exists()
+        if appending:
+            keep_rows_until(path, self.start_epoch - 1)
+        self.file = open(path, "a" if appending else "w", encoding="utf-8")
+        if not appending:
+            self.file.write(",".join(COLUMNS) + "\n")
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+        if self.writer:
+            self.writer.close()
+
+
+def keep_rows_until(metrics_csv: Path, last_epoch: int) -> None:
+    """Drop the rows after last_epoch, of an epoch that ended after its checkpoint was saved."""
+    with open(metrics_csv, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    rows = rows[:1] + [row for row in rows[1:] if row and int(row[0]) <= last_epoch]
+    atomic_write_text(metrics_csv, "".join(",".join(row) + "\n" for row in rows))
+
+
+class MetricsError(Exception):
+    """A metrics CSV that cannot be read; the message says which file and why."""
+
+
+def read(path: Path) -> dict[str, list[float]]:
+    """The columns of a run's metrics.csv, as lists of numbers; nan for a non-finite value."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except FileNotFoundError:
+        raise MetricsError(
+            f"{path} not found: train first (python pytorch_script.py), or name a run"
+        ) from None
+    if not rows or tuple(rows[0]) != COLUMNS:
+        raise MetricsError(
+            f"{path}: not a metrics CSV of pytorch_script.py (header {','.join(COLUMNS)})"
+        )
+    metrics: dict[str, list[float]] = {column: [] for column in COLUMNS}
+    for line, row in enumerate(rows[1:], start=2):
+        try:
+            values = [float(value) for value in row]
+        except ValueError:
+            values = []
+        if len(values) != len(COLUMNS):
+            raise MetricsError(f"{path}, line {line}: expected {len(COLUMNS)} numbers, got {row}")
+        for column, value in zip(COLUMNS, values, strict=True):
+            # A run that diverged logs nan or inf: drawn as a gap, the rest of the curve stays.
+            metrics[column].append(value if math.isfinite(value) else math.nan)
+    if not metrics["epoch"]:
+        raise MetricsError(f"{path}: no epoch finished yet, nothing to plot")
+    return metrics

@@ -1,0 +1,92 @@
+"""One directory per run, runs/<name>/: its metrics.csv, TensorBoard events, last.pt, best.pt
+and settings.json together, so that no run overwrites or appends to another's."""
+
+import argparse
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from plumbing import checkpoints
+from plumbing.errors import CheckpointError
+from plumbing.files import atomic_write_text
+
+
+def start(
+    args: argparse.Namespace,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    device: torch.device,
+    say: Callable[[str], None],
+) -> tuple[int, float]:
+    """Set args.run_dir (None for --dry-run, which writes nothing) and, with --resume, load its
+    last.pt; returns the first epoch to train and the best score so far."""
+    if args.dry_run:
+        args.run_dir = None
+        return 1, float("-inf")
+    args.run_dir, resuming = choose(args.runs_dir, args.run_name, args.resume)
+    if not resuming:
+        return 1, float("-inf")
+    last = args.run_dir / "last.pt"
+    start_epoch, best_score = checkpoints.resume(
+        last, model, optimizer, scaler, input_shape, num_classes, device
+    )
+    say(f"resuming {args.run_dir} after epoch {start_epoch - 1}")
+    return start_epoch, best_score
+
+
+def choose(runs_dir: Path, run_name: str | None, resume: str | None) -> tuple[Path, bool]:
+    """The run's directory, and whether to go on from its last.pt. resume: None without
+    --resume, '' for the latest run (or --run-name), else the run named."""
+    if resume is not None:
+        if resume and run_name and resume != run_name:
+            raise CheckpointError(
+                f"--resume {resume} and --run-name {run_name} name two runs: give one"
+            )
+        name = resume or run_name or latest(runs_dir)
+        if name is not None and (runs_dir / name / "last.pt").exists():
+            return runs_dir / name, True
+        # Nothing to go on from yet: start it, so that a requeued job can always pass --resume.
+        if name is None:
+            name = next_name(runs_dir)
+        elif (runs_dir / name).exists():
+            raise CheckpointError(
+                f"{runs_dir / name} has no last.pt to resume from: start a new run"
+                " (--run-name NAME)"
+            )
+        return runs_dir / name, False
+    name = run_name or next_name(runs_dir)
+    if (runs_dir / name).exists():
+        raise CheckpointError(
+            f"{runs_dir / name} holds an earlier run: --resume {name} goes on with it,"
+            " --run-name NAME starts a new one beside it"
+        )
+    return runs_dir / name, False
+
+
+def latest(runs_dir: Path) -> str | None:
+    """The run whose last.pt was written last, or None."""
+    lasts = sorted(runs_dir.glob("*/last.pt"), key=lambda path: path.stat().st_mtime_ns)
+    return lasts[-1].parent.name if lasts else None
+
+
+def next_name(runs_dir: Path) -> str:
+    """run-1, run-2, ...: one more than the highest there."""
+    numbers = [0] + [
+        int(match[1])
+        for path in runs_dir.glob("run-*")
+        if (match := re.fullmatch(r"run-(\d+)", path.name))
+    ]
+    return f"run-{max(numbers) + 1}"
+
+
+def save_settings(run_dir: Path, settings: dict) -> None:
+    """settings.json: the flags of the latest start of the run, for the record."""
+    text = json.dumps({key: str(value) for key, value in settings.items()}, indent=1)
+    atomic_write_text(run_dir / "settings.json", text + "\n")
