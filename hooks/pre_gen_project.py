@@ -13,9 +13,8 @@ ANSWERS = json.loads(r"""{{ cookiecutter | tojson }}""")
 TAKEN = {
     "torch", "tqdm", "numpy", "pytest", "ruff", "setuptools", "pip",
     "sympy", "networkx", "filelock", "jinja2", "fsspec", "typing_extensions", "mpmath",
-    "my_classes", "pytorch_script", "make_sample_data", "pack_data", "bench_loader",
-    "data", "runs", "tests", "checkpoints",
-}  # fmt: skip
+    "data", "runs", "tests",
+} | set(ANSWERS["_project_modules"]) | set(ANSWERS["_project_packages"])  # fmt: skip
 # Names Windows reserves for devices: no file or directory may have them there.
 WINDOWS = {"con", "prn", "aux", "nul"} | {f"{d}{n}" for d in ("com", "lpt") for n in range(1, 10)}
 WHOLE = re.compile(r"[0-9]+")

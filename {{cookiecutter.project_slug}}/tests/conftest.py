@@ -16,7 +16,7 @@ def train(data_dir: Path, run_dir: Path, *flags: str) -> int:
     # Whatever the answers made the defaults: tiny_data has 192 samples to train on, and a test
     # that wants TensorBoard says so.
     argv += ["--batch-size", "32", "--no-tensorboard"]
-    if not any(flag.startswith(("--resume", "--run-name")) for flag in flags):
+    if "--run-name" not in flags:
         argv += ["--run-name", run_dir.name]
     return pytorch_script.main([*argv, *flags])
 
