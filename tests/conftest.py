@@ -1,5 +1,6 @@
 """Helpers for baking the template and running what it bakes."""
 
+import csv
 import json
 import shutil
 import subprocess
@@ -32,6 +33,12 @@ def defaults(project: Path) -> dict:
         "print(json.dumps(a, default=str))"
     )
     return json.loads(run([sys.executable, "-c", code], project).stdout)
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    """The rows of a run's metrics.csv."""
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def python_files(project: Path) -> list[Path]:

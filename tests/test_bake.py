@@ -1,7 +1,6 @@
 """Bake the template with pytest-cookies and run what it bakes: every answer ends in training."""
 
 import ast
-import csv
 import json
 import re
 import sys
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import NO_DATA, defaults, python_files, run
+from conftest import NO_DATA, defaults, python_files, read_metrics, run
 
 try:
     import tomllib
@@ -30,6 +29,17 @@ ARTICLE_LAYOUT = {
     "pack_data.py",
     "bench_loader.py",
     "plot_metrics.py",
+    "plumbing/__init__.py",
+    "plumbing/checkpoints.py",
+    "plumbing/cli.py",
+    "plumbing/data.py",
+    "plumbing/distributed.py",
+    "plumbing/errors.py",
+    "plumbing/files.py",
+    "plumbing/loader.py",
+    "plumbing/metrics.py",
+    "plumbing/packed.py",
+    "plumbing/runs.py",
     "data/.gitkeep",
     "tests/conftest.py",
     "tests/test_my_classes.py",
@@ -42,6 +52,7 @@ ARTICLE_LAYOUT = {
     "tests/test_distributed.py",
     "tests/test_broken_data.py",
     "tests/test_metrics.py",
+    "tests/test_change_where.py",
 }
 
 
@@ -69,11 +80,6 @@ def assert_clean_render(project: Path) -> None:
     json.loads((project / ".cookiecutter.json").read_text(encoding="utf-8"))
 
 
-def read_metrics(path: Path) -> list[dict[str, float]]:
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
 @pytest.mark.slow
 def test_defaults_make_data_pass_the_smoke_test_own_tests_and_ruff(cookies, capfd) -> None:
     result = cookies.bake()
@@ -92,7 +98,7 @@ def test_defaults_make_data_pass_the_smoke_test_own_tests_and_ruff(cookies, capf
     assert len(partition["train"]) == 800 and len(partition["validation"]) == 200
     assert len(list((project / "data").glob("*.pt"))) == len(labels) == 1000
     assert not (project / "runs").exists(), "the smoke test must not leave metrics behind"
-    assert not (project / "checkpoints").exists(), "nor checkpoints"
+    assert not (project / "runs").exists(), "nor a run directory"
 
     baked = {k: v for k, v in defaults(project).items() if k not in ("lr", "seed", "device")}
     assert baked == {
@@ -105,10 +111,10 @@ def test_defaults_make_data_pass_the_smoke_test_own_tests_and_ruff(cookies, capf
         "data_format": "auto",
         "max_epochs": 100,
         "cudnn_benchmark": True,
-        "metrics_csv": "runs/metrics.csv",
+        "runs_dir": "runs",
+        "run_name": None,
+        "resume": None,
         "tensorboard": False,
-        "checkpoint_dir": "checkpoints",
-        "resume": False,
         "amp": False,
         "dry_run": False,
         "num_samples": 1000,
@@ -173,7 +179,7 @@ def test_answers_reach_the_code_and_the_project_trains(cookies, answers: dict) -
     # The article's script with the answers as its defaults, as a user runs it.
     out = run([sys.executable, "pytorch_script.py"], project).stdout
     assert f"of shape {tuple(shape)}, {answers['num_classes']} classes" in out
-    rows = read_metrics(project / "runs" / "metrics.csv")
+    rows = read_metrics(project / "runs" / "run-1" / "metrics.csv")
     assert len(rows) == answers["max_epochs"]
     assert rows[-1]["val_accuracy"] > 1.5 / answers["num_classes"]  # well above chance
 

@@ -193,8 +193,8 @@ def test_a_failing_smoke_test_names_the_step_and_keeps_the_project_if_asked(
     )
 
     assert result.returncode != 0
-    assert re.search(r"cannot write \S+/checkpoints/last.pt \(.* MiB free in ", result.stderr)
-    assert ": free some space or pass another --checkpoint-dir, then --resume" in result.stderr
+    assert re.search(r"cannot write \S+/smoke-test/last.pt \(.* MiB free in ", result.stderr)
+    assert ": free some space or pass another --runs-dir, then --resume" in result.stderr
     assert (
         "error: smoke test: `python pytorch_script.py --max-epochs 1 --num-workers 2` failed"
         in result.stderr

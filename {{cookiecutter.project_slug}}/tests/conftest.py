@@ -1,3 +1,4 @@
+import csv
 import subprocess
 import time
 from collections.abc import Callable
@@ -19,6 +20,13 @@ def train(data_dir: Path, run_dir: Path, *flags: str) -> int:
     if "--run-name" not in flags:
         argv += ["--run-name", run_dir.name]
     return pytorch_script.main([*argv, *flags])
+
+
+def read_rows(metrics_csv: Path) -> list[dict[str, float]]:
+    """The rows of a run's metrics.csv, as numbers (the epoch a whole number)."""
+    with open(metrics_csv, newline="", encoding="utf-8") as f:
+        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    return [row | {"epoch": int(row["epoch"])} for row in rows]
 
 
 def snapshot(directory: Path) -> dict[str, tuple[int, int, bytes]]:

@@ -1,3 +1,5 @@
+import argparse
+import functools
 import gc
 import multiprocessing
 import random
@@ -5,6 +7,7 @@ import statistics
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -14,39 +17,71 @@ import pytest
 import torch
 
 import my_classes
-import pytorch_script
+import pack_data
 from conftest import train
 from my_classes import Dataset
+from plumbing import loader
+from plumbing.data import load_partition
+from plumbing.errors import SetupError
+from plumbing.packed import PACKED, PackedDataset
 
 CPU = torch.device("cpu")
 
 
-def params(num_workers: int, seed: int = 0, device: torch.device = CPU, **changes) -> dict:
-    settings = {"batch_size": 4, "prefetch_factor": 3, "data_format": "files"}
-    settings |= changes
-    return pytorch_script.loader_params(
-        num_workers=num_workers, seed=seed, device=device, **settings
-    )
+class Numbers(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 32
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.tensor([index])
 
 
+def make(
+    num_workers: int,
+    seed: int = 0,
+    device: torch.device = CPU,
+    dataset: torch.utils.data.Dataset | None = None,
+    timeout: float = 0,
+) -> torch.utils.data.DataLoader:
+    """The DataLoader pytorch_script.py makes, for these settings."""
+    params = {"batch_size": 4, "shuffle": True, "num_workers": num_workers}
+    args = argparse.Namespace(seed=seed, prefetch_factor=3, loader_timeout=timeout)
+    return loader.make(Numbers() if dataset is None else dataset, params, args, device)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # on a machine of 2 CPUs
 def test_workers_never_outnumber_usable_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pytorch_script, "usable_cpus", lambda: 3)
-    assert params(8)["num_workers"] == 3
-    assert params(2)["num_workers"] == 2
+    monkeypatch.setattr(loader, "usable_cpus", lambda: 3)
+    assert make(8).num_workers == 3
+    assert make(2).num_workers == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")  # torchrun: three ranks share the three CPUs
+    assert make(2).num_workers == 1
 
 
-def test_worker_options_only_with_workers_and_pinning_only_for_cuda() -> None:
-    no_workers = params(0)
-    assert no_workers["persistent_workers"] is False and no_workers["prefetch_factor"] is None
-    with_workers = params(1)
-    assert with_workers["persistent_workers"] is True and with_workers["prefetch_factor"] == 3
-    assert params(0)["pin_memory"] is False
-    assert params(0, device=torch.device("cuda"))["pin_memory"] is True
-    assert params(0, device=torch.device("mps"))["pin_memory"] is False
-    assert params(0)["collate_fn"] is None
+def test_worker_options_only_with_workers_and_pinning_only_for_cuda(tiny_data: Path) -> None:
+    no_workers = make(0)
+    assert no_workers.persistent_workers is False and no_workers.prefetch_factor is None
+    with_workers = make(1)
+    assert with_workers.persistent_workers is True and with_workers.prefetch_factor == 3
+    assert make(0).pin_memory is False
+    assert make(0, device=torch.device("cuda")).pin_memory is True
+    assert make(0, device=torch.device("mps")).pin_memory is False
+    assert make(0).collate_fn is torch.utils.data.default_collate
     # DataLoader times workers only; with none, the script times its own reads (within()).
-    assert params(0, timeout=5)["timeout"] == 0 and params(2, timeout=5)["timeout"] == 5
-    assert params(0, data_format="packed")["collate_fn"] is my_classes.PackedDataset.collate_fn
+    assert make(0, timeout=5).timeout == 0 and make(2, timeout=5).timeout == 5
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    partition, labels = load_partition(tiny_data)
+    packed = PackedDataset(Dataset(partition["train"], labels, tiny_data), tiny_data / PACKED / "train")
+    assert make(0, dataset=packed).collate_fn is PackedDataset.collate_fn
+
+
+def test_a_read_timeout_without_workers_needs_a_timer_signal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(loader, "CAN_TIME_READS", False)  # as on Windows
+    with pytest.raises(SetupError, match="use --num-workers 1 or more"):
+        make(0, timeout=5)
+    assert make(1, timeout=5).timeout == 5 and make(0).timeout == 0
 
 
 class Augmented(torch.utils.data.Dataset):
@@ -60,11 +95,13 @@ class Augmented(torch.utils.data.Dataset):
 
 
 def draws(seed: int, num_workers: int) -> torch.Tensor:
-    pytorch_script.seed_everything(seed)  # with 0 workers, the main process draws
-    loader = torch.utils.data.DataLoader(
-        Augmented(), shuffle=True, **params(num_workers, seed=seed)
-    )
-    return torch.cat([torch.cat(list(loader)) for _epoch in range(2)])
+    loader.seed_everything(seed)  # with 0 workers, the main process draws
+    generator = make(num_workers, seed=seed, dataset=Augmented())
+    epochs = []
+    for epoch in (1, 2):
+        generator.sampler.set_epoch(epoch)
+        epochs.append(torch.cat(list(generator)))
+    return torch.cat(epochs)
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -78,6 +115,37 @@ def test_augmentation_repeats_for_a_seed_and_differs_between_workers_and_epochs(
         assert len(set(first[:, column].tolist())) == len(first)
 
 
+class RandomlyAugmented(Dataset):
+    """The article's Dataset with a random_augmentation that draws from torch, NumPy and
+    random, as a user's transforms may: the draws replace three pixels."""
+
+    def random_augmentation(self, X: torch.Tensor) -> torch.Tensor:
+        X = X.clone()
+        X[0, 0, :3] = torch.tensor([torch.rand(()).item(), np.random.rand(), random.random()])
+        return X
+
+
+def epoch_draws(generator: torch.utils.data.DataLoader, epoch: int) -> torch.Tensor:
+    generator.sampler.set_epoch(epoch)
+    return torch.cat([X[:, 0, 0, :3] for X, _ in generator])
+
+
+def test_the_draws_of_an_epoch_depend_only_on_seed_epoch_and_worker(tiny_data: Path) -> None:
+    """Persistent workers live for the whole run: a resumed run, whose workers start at its
+    first epoch, must draw what an uninterrupted run draws in that epoch."""
+    partition, labels = load_partition(tiny_data)
+    training_set = RandomlyAugmented(partition["train"], labels, tiny_data, augment=True)
+    uninterrupted = make(2, seed=7, dataset=training_set)
+    draws = [epoch_draws(uninterrupted, epoch) for epoch in (1, 2, 3)]
+    resumed = make(2, seed=7, dataset=training_set)
+    assert torch.equal(epoch_draws(resumed, 3), draws[2])
+    assert torch.equal(epoch_draws(resumed, 2), draws[1])  # even when going back
+    assert not torch.equal(draws[1], draws[2])
+    for column in range(3):  # torch, NumPy, random: new numbers each epoch and sample
+        assert len(set(torch.cat(draws)[:, column].tolist())) == 3 * len(training_set)
+    assert not torch.equal(epoch_draws(make(2, seed=8, dataset=training_set), 3), draws[2])
+
+
 def test_a_slow_loader_is_reported_as_data_bound(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
@@ -89,7 +157,7 @@ def test_a_slow_loader_is_reported_as_data_bound(
 
     monkeypatch.setattr(my_classes, "load_sample", slow_load)
     flags = ["--max-epochs", "2", "--num-workers", "0", "--batch-size", "64"]
-    assert train(tiny_data, tmp_path / "m.csv", *flags) == 0
+    assert train(tiny_data, tmp_path / "runs" / "slow", *flags) == 0
 
     lines = capsys.readouterr().out.splitlines()
     shares = [
@@ -114,7 +182,7 @@ def test_the_garbage_collector_is_frozen_while_workers_run(
     monkeypatch.setattr(gc, "freeze", lambda: events.append("freeze") or freeze())
     monkeypatch.setattr(gc, "unfreeze", lambda: events.append("unfreeze") or unfreeze())
     flags = ["--dry-run", "--num-workers", "0", "--batch-size", "8"]
-    assert train(tiny_data, tmp_path / "m.csv", *flags) == 0
+    assert train(tiny_data, tmp_path / "runs" / "gc", *flags) == 0
     # The first sample of each split and the model's input shape; then the epoch, frozen.
     assert events == ["load"] * 3 + ["freeze"] + ["load"] * 32 + ["unfreeze"]
     assert gc.get_freeze_count() == 0
@@ -179,9 +247,15 @@ def test_workers_keep_quiet_about_a_batch_cut_off_by_ctrl_c(
     connection through sys.excepthook: after Ctrl-C, one line from the training process is
     enough. Any other error still shows."""
     monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
-    assert params(2)["worker_init_fn"] is pytorch_script.quiet_when_stopped
-    assert params(0)["worker_init_fn"] is None
-    pytorch_script.quiet_when_stopped(0)
+    generator = make(2, seed=5)
+    init = generator.worker_init_fn
+    assert isinstance(init, functools.partial) and init.func is loader.init_worker
+    assert init.args == (5, generator.sampler.shared_epoch)
+    assert make(0).worker_init_fn is None
+    # What a worker runs first: init_worker(seed, epoch, worker_id), as DataLoader calls it.
+    worker = types.SimpleNamespace(dataset=Numbers())
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: worker)
+    init(0)
 
     def report(error: BaseException) -> None:
         sys.excepthook(type(error), error, None)

@@ -1,10 +1,14 @@
 import json
+import tracemalloc
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from my_classes import DataError, Dataset, Net, load_partition
+from my_classes import Dataset, Net, build_model
+from plumbing.data import StringArray, labels_of, load_partition
+from plumbing.errors import DataError
 
 
 def test_dataset_returns_each_saved_tensor_and_its_label(tiny_data: Path) -> None:
@@ -16,8 +20,33 @@ def test_dataset_returns_each_saved_tensor_and_its_label(tiny_data: Path) -> Non
         X, y = training_set[index]
         assert torch.equal(X, torch.load(tiny_data / f"{ID}.pt"))
         assert X.shape == (1, 8, 8) and X.dtype == torch.float32
-        assert y == labels[ID]
+        assert y == labels[ID] and type(y) is int
 
+
+def test_read_is_deterministic_and_augmentation_only_for_the_training_set(
+    tiny_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """read(ID) is what pack_data.py packs; random_augmentation runs on every read of a
+    Dataset made with augment=True (the training set), and only there."""
+    calls: list[torch.Tensor] = []
+
+    def flip(self: Dataset, X: torch.Tensor) -> torch.Tensor:
+        calls.append(X)
+        return X.flip(-1)
+
+    monkeypatch.setattr(Dataset, "random_augmentation", flip)
+    partition, labels = load_partition(tiny_data)
+    ID = partition["train"][4]
+    saved = torch.load(tiny_data / f"{ID}.pt")
+    plain = Dataset(partition["train"], labels, tiny_data)
+    augmented = Dataset(partition["train"], labels, tiny_data, augment=True)
+
+    assert torch.equal(plain.read(ID), saved) and torch.equal(augmented.read(ID), saved)
+    assert torch.equal(plain[4][0], saved) and calls == []
+    for _read in range(2):  # on every read, not once
+        X, y = augmented[4]
+        assert torch.equal(X, saved.flip(-1)) and y == labels[ID]
+    assert len(calls) == 2 and all(torch.equal(X, saved) for X in calls)
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_loader_yields_every_sample_once_per_epoch(tiny_data: Path, num_workers: int) -> None:
@@ -47,6 +76,10 @@ def test_your_own_data_in_the_article_layout(tmp_path: Path) -> None:
     assert load_partition(tmp_path) == (partition, labels)
     X, y = Dataset(partition["train"], labels, tmp_path)[1]
     assert torch.equal(X, torch.full((5, 7), 1.0, dtype=torch.float64)) and y == 1
+
+
+def test_an_empty_split_makes_an_empty_dataset(tmp_path: Path) -> None:
+    assert len(Dataset([], {}, tmp_path)) == 0
 
 
 def test_missing_sample_names_the_id_and_path(tiny_data: Path) -> None:
@@ -117,7 +150,44 @@ def test_missing_or_malformed_json_is_named(tmp_path: Path) -> None:
     "shape", [(3, 32, 32), (1, 28, 28), (1, 8, 8), (3, 1, 1), (3, 227, 160), (20,), (4, 16)]
 )
 def test_net_maps_any_sample_shape_to_class_scores(shape: tuple[int, ...]) -> None:
-    model = Net(shape, num_classes=5)
+    model = build_model(shape, num_classes=5)
+    assert isinstance(model, Net)
     assert model(torch.randn(2, *shape)).shape == (2, 5)
     # Apple's MPS has no adaptive pooling for sizes that do not divide evenly.
     assert not any("Adaptive" in type(layer).__name__ for layer in model.modules())
+
+
+def test_ids_keep_their_order_and_text() -> None:
+    IDs = ["id-1", "chat-été", "猫/dog", "🐈", "", "x" * 500, "id-2"]
+    stored = StringArray(IDs)
+    assert len(stored) == len(IDs) and list(stored) == IDs
+    assert stored[1] == "chat-été" and stored[3] == "🐈" and stored[4] == ""
+    assert stored[-1] == "id-2" and stored[-7] == "id-1"
+    assert stored[np.int64(5)] == "x" * 500  # as a sampler's indices may arrive
+    for index in (7, -8, 10**9):
+        with pytest.raises(IndexError):
+            stored[index]
+    assert list(StringArray([])) == []
+
+
+def test_labels_are_one_int64_array_in_the_order_of_the_ids() -> None:
+    labels = labels_of(["b", "c", "a"], {"a": 0, "b": 1, "c": 2, "unused": 3})
+    assert labels.dtype == np.int64 and labels.tolist() == [1, 2, 0]
+
+
+def test_ids_cost_their_length_not_the_longest_id_times_their_number() -> None:
+    """A million typical IDs and one long one: NumPy's fixed-width str array would hold each
+    in 500 characters of 4 bytes, 2 GB; the IDs are 9 MB of text."""
+    IDs = [f"id-{i + 1}" for i in range(1_000_000)] + ["x" * 500]
+    text = sum(len(ID) for ID in IDs)
+    assert np.dtype(f"<U{max(map(len, IDs))}").itemsize * len(IDs) > 2e9  # the old storage
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        stored = StringArray(IDs)
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < text + 8 * len(IDs) + 1e6 < 30e6, f"{kept / 1e6:.1f} MB for {text / 1e6:.1f} MB"
+    assert stored[0] == "id-1" and stored[999_999] == "id-1000000" and stored[-1] == "x" * 500

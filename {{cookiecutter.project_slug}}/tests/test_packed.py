@@ -1,5 +1,10 @@
+import argparse
+import csv
+import importlib.util
 import os
 import pickle
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -8,33 +13,45 @@ import numpy as np
 import pytest
 import torch
 
+import my_classes
 import pack_data
 import pytorch_script
 from conftest import kill_half_way, snapshot, train
 from make_sample_data import make_sample_data
-from my_classes import PACKED, DataError, Dataset, PackedDataset, load_partition, packed_is_stale
+from my_classes import Dataset
+from plumbing import packed as packed_module
+from plumbing.data import SPLITS, load_partition
+from plumbing.errors import DataError
+from plumbing.loader import make
+from plumbing.packed import FINGERPRINT, PACKED, PackedDataset, packed_is_stale
 
 
-def loader(dataset: torch.utils.data.Dataset, num_workers: int, packed: bool, seed: int = 0):
-    params = pytorch_script.loader_params(
-        batch_size=16,
-        num_workers=num_workers,
-        prefetch_factor=2,
-        seed=seed,
-        device=torch.device("cpu"),
-        data_format="packed" if packed else "files",
-    )
-    return torch.utils.data.DataLoader(dataset, shuffle=True, **params)
+def loader(
+    dataset: torch.utils.data.Dataset, num_workers: int, seed: int = 0, **overrides: object
+) -> torch.utils.data.DataLoader:
+    """The training loader pytorch_script.py makes for this dataset."""
+    params = {"batch_size": 16, "shuffle": True, "num_workers": num_workers}
+    args = argparse.Namespace(seed=seed, prefetch_factor=2, loader_timeout=0)
+    return make(dataset, params, args, torch.device("cpu"), **overrides)
+
+
+def split(data_dir: Path, name: str, dataset_class: type = Dataset, augment: bool = False):
+    """The split read from the files, and from its packed copy."""
+    partition, labels = load_partition(data_dir)
+    files = dataset_class(partition[name], labels, data_dir, augment=augment)
+    return files, PackedDataset(files, data_dir / PACKED / name)
 
 
 def test_packed_samples_are_bitwise_the_per_file_samples(tiny_data: Path) -> None:
     assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
-    partition, labels = load_partition(tiny_data)
-    for split in ("train", "validation"):
-        files = Dataset(partition[split], labels, tiny_data)
-        packed = PackedDataset(tiny_data / PACKED / split)
-        assert len(packed) == len(files)
-        assert packed.list_IDs.tolist() == partition[split]
+    assert sorted(p.relative_to(tiny_data / PACKED).as_posix() for p in (tiny_data / PACKED).rglob("*.*")) == [
+        FINGERPRINT, "train/X.npy", "validation/X.npy"
+    ]
+    partition, _ = load_partition(tiny_data)
+    for name in SPLITS:
+        files, packed = split(tiny_data, name)
+        assert len(packed) == len(files) == len(partition[name])
+        assert list(packed.dataset.list_IDs) == partition[name]
         for index in range(len(files)):
             X, y = files[index]
             X_packed, y_packed = packed[index]
@@ -53,10 +70,11 @@ def test_packed_batches_equal_per_file_batches(
         raise AssertionError("the loader must read whole batches with __getitems__")
 
     monkeypatch.setattr(PackedDataset, "__getitem__", one_at_a_time)
-    partition, labels = load_partition(tiny_data)
-    files = loader(Dataset(partition["train"], labels, tiny_data), num_workers, packed=False)
-    packed = loader(PackedDataset(tiny_data / PACKED / "train"), num_workers, packed=True)
-    for _epoch in range(2):
+    files_set, packed_set = split(tiny_data, "train")
+    files, packed = loader(files_set, num_workers), loader(packed_set, num_workers)
+    for epoch in (1, 2):
+        files.sampler.set_epoch(epoch)
+        packed.sampler.set_epoch(epoch)
         pairs = list(zip(files, packed, strict=True))
         assert len(pairs) == 12
         for (X, y), (X_packed, y_packed) in pairs:
@@ -69,31 +87,33 @@ def test_one_read_per_batch_small_or_large_samples(tmp_path: Path, shape: tuple)
     data_dir = tmp_path / "data"
     make_sample_data(data_dir, num_samples=12, shape=shape, num_classes=3, validation_fraction=0.25)
     assert pack_data.main(["--data-dir", str(data_dir)]) == 0
-    packed = PackedDataset(data_dir / PACKED / "train")
+    files, packed = split(data_dir, "train")
     X, y = packed.__getitems__([5, 0, 7])
     assert torch.equal(X, torch.stack([packed[i][0] for i in (5, 0, 7)]))
     assert y.tolist() == [packed[i][1] for i in (5, 0, 7)] and y.dtype == torch.int64
-    partition, labels = load_partition(data_dir)
-    files = Dataset(partition["train"], labels, data_dir)
-    assert torch.equal(X[1], files[0][0])
+    assert torch.equal(X, torch.stack([files[i][0] for i in (5, 0, 7)]))
 
 
 def test_pack_is_skipped_while_current_and_redone_when_stale(
     tiny_data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert packed_is_stale(tiny_data) == f"no packed data in {tiny_data / PACKED}"
+    partition, _ = load_partition(tiny_data)
+
+    def stale() -> str | None:
+        return packed_is_stale(tiny_data, partition, Dataset)
+
+    assert stale() == f"no packed data in {tiny_data / PACKED}"
     assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
-    assert packed_is_stale(tiny_data) is None
+    assert stale() is None
     assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
     assert "is up to date; nothing to do" in capsys.readouterr().out
 
     later = time.time() + 5
     os.utime(tiny_data / "id-3.pt", (later, later))
-    stale = f"{tiny_data / PACKED} was packed from other files than {tiny_data} holds now"
-    assert packed_is_stale(tiny_data) == stale
+    assert stale() == f"{tiny_data / PACKED} was packed from other files than {tiny_data} holds now"
     assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
     assert "Packed" in capsys.readouterr().out
-    assert packed_is_stale(tiny_data) is None
+    assert stale() is None
 
 
 def test_a_copy_that_keeps_old_timestamps_makes_the_pack_stale(tiny_data: Path) -> None:
@@ -103,7 +123,7 @@ def test_a_copy_that_keeps_old_timestamps_makes_the_pack_stale(tiny_data: Path) 
     times = (path.stat().st_atime, path.stat().st_mtime)
     torch.save(torch.ones(1, 8, 8), path)
     os.utime(path, times)  # as cp -p leaves it: new content, old modification time
-    assert packed_is_stale(tiny_data) is not None
+    assert packed_is_stale(tiny_data, load_partition(tiny_data)[0], Dataset) is not None
 
 
 @pytest.mark.parametrize(
@@ -132,52 +152,63 @@ def test_pack_refuses_mixed_shapes_and_dtypes_and_keeps_the_old_pack(
 def test_training_picks_packed_data_while_it_is_current(
     tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    metrics_csv = tmp_path / "m.csv"
-    assert train(tiny_data, metrics_csv, "--dry-run", "--num-workers", "0") == 0
+    run_dir = tmp_path / "runs" / "r"  # --dry-run writes nothing there
+    assert train(tiny_data, run_dir, "--dry-run", "--num-workers", "0") == 0
     assert f"data: {tiny_data}/<ID>.pt (no packed data in" in capsys.readouterr().out
-    assert train(tiny_data, metrics_csv, "--dry-run", "--data-format", "packed") == 1
-    assert f"run `python pack_data.py --data-dir {tiny_data}` first" in capsys.readouterr().err
+    assert train(tiny_data, run_dir, "--dry-run", "--data-format", "packed") == 1
+    assert capsys.readouterr().err == (
+        f"error: no packed data in {tiny_data / PACKED}: run `python pack_data.py --data-dir"
+        f" {tiny_data}`, or train from the files with --data-format files\n"
+    )
 
     assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
-    assert train(tiny_data, metrics_csv, "--dry-run", "--num-workers", "0") == 0
-    assert f"data: {tiny_data / PACKED} (up to date)" in capsys.readouterr().out
+    assert train(tiny_data, run_dir, "--dry-run", "--num-workers", "0") == 0
+    assert f"data: {tiny_data / PACKED} (up to date)" in capsys.readouterr().out.splitlines()
+    assert train(tiny_data, run_dir, "--dry-run", "--data-format", "packed") == 0
+    assert f"data: {tiny_data / PACKED}" in capsys.readouterr().out.splitlines()
 
     torch.save(torch.ones(1, 8, 8), tiny_data / "id-3.pt")  # the data changes
-    assert train(tiny_data, metrics_csv, "--dry-run", "--num-workers", "0") == 0
-    assert "was packed from other files than" in capsys.readouterr().out
+    assert train(tiny_data, run_dir, "--dry-run", "--num-workers", "0") == 0
+    stale = f"{tiny_data / PACKED} was packed from other files than {tiny_data} holds now"
+    assert f"data: {tiny_data}/<ID>.pt ({stale}; `python pack_data.py` updates it)" in (
+        capsys.readouterr().out.splitlines()
+    )
+    assert train(tiny_data, run_dir, "--dry-run", "--data-format", "packed") == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {stale}: run `python pack_data.py") and err.count("\n") == 1
+
+
+def without_data_wait(metrics_csv: Path) -> list[dict[str, str]]:
+    """The rows of metrics.csv but the share of time spent waiting, which timing decides."""
+    with open(metrics_csv, newline="") as f:
+        return [{k: v for k, v in row.items() if k != "data_wait"} for row in csv.DictReader(f)]
 
 
 def test_packed_training_matches_per_file_training(tiny_data: Path, tmp_path: Path) -> None:
     assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
     runs = {}
     for data_format in ("files", "packed"):
-        metrics_csv = tmp_path / f"{data_format}.csv"
+        run_dir = tmp_path / "runs" / data_format
         flags = ["--max-epochs", "2", "--num-workers", "0", "--data-format", data_format]
-        assert train(tiny_data, metrics_csv, *flags) == 0
-        runs[data_format] = metrics_csv.read_text()
-    assert runs["files"] == runs["packed"]
+        assert train(tiny_data, run_dir, *flags) == 0
+        runs[data_format] = without_data_wait(run_dir / "metrics.csv")
+    assert len(runs["files"]) == 2 and runs["files"] == runs["packed"]
 
 
 def test_packed_dataset_pickles_as_its_directory(tiny_data: Path) -> None:
     """Workers started with spawn get the path, not a copy of every sample."""
     assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
-    packed = PackedDataset(tiny_data / PACKED / "train")
+    files, packed = split(tiny_data, "train")
     copy = pickle.loads(pickle.dumps(packed))
-    assert len(pickle.dumps(packed)) < 1000
+    assert len(pickle.dumps(packed)) - len(pickle.dumps(files)) < 1000 < packed.X.nbytes
     assert torch.equal(copy.__getitems__([3, 1])[0], packed.__getitems__([3, 1])[0])
 
 
 def test_packed_batches_with_spawned_workers(tiny_data: Path) -> None:
     assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
-    packed = PackedDataset(tiny_data / PACKED / "validation")
-    forked = list(loader(packed, 0, packed=True))
-    params = pytorch_script.loader_params(
-        batch_size=16, num_workers=1, prefetch_factor=2, seed=0,
-        device=torch.device("cpu"), data_format="packed",
-    )  # fmt: skip
-    spawned = torch.utils.data.DataLoader(
-        packed, shuffle=True, multiprocessing_context="spawn", **params
-    )
+    _, packed = split(tiny_data, "validation")
+    forked = list(loader(packed, 0))
+    spawned = loader(packed, 1, multiprocessing_context="spawn")
     for (X, y), (X_spawned, y_spawned) in zip(forked, spawned, strict=True):
         assert torch.equal(X, X_spawned) and torch.equal(y, y_spawned)
 
@@ -195,7 +226,9 @@ def test_bad_pack_never_replaces_a_good_one_half_way(tiny_data: Path) -> None:
     with pytest.raises(DataError, match="cannot load"):
         pack_data.pack(tiny_data)
     assert not list(tiny_data.glob(f"{PACKED}.tmp*"))
-    assert len(PackedDataset(tiny_data / PACKED / "validation")) == 64
+    partition, labels = load_partition(tiny_data)
+    validation_set = Dataset(partition["validation"], labels, tiny_data)
+    assert len(PackedDataset(validation_set, tiny_data / PACKED / "validation")) == 64
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="a named pipe holds the pack half-way")
@@ -216,7 +249,7 @@ def test_a_pack_killed_half_way_leaves_the_previous_pack(tiny_data: Path) -> Non
     held.write_bytes(sample)
     assert pack_data.main(["--data-dir", str(tiny_data), "--force"]) == 0
     assert not list(tiny_data.glob(f"{PACKED}.*"))  # the killed run's files are gone too
-    assert packed_is_stale(tiny_data) is None
+    assert packed_is_stale(tiny_data, partition, Dataset) is None
 
 
 @pytest.mark.skipif(os.name == "nt", reason="no cleanup there: os.kill cannot probe a process")

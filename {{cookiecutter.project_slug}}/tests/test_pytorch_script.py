@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,12 +10,13 @@ import torch
 
 import my_classes
 import pytorch_script
-from conftest import train
-from my_classes import load_partition
+from conftest import snapshot, train
+from plumbing import cli
+from plumbing.data import load_partition
 
 
-def read_metrics(path: Path) -> list[dict[str, float]]:
-    with open(path, newline="") as f:
+def read_metrics(run_dir: Path) -> list[dict[str, float]]:
+    with open(run_dir / "metrics.csv", newline="") as f:
         return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(f)]
 
 
@@ -31,40 +33,58 @@ def record_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return loaded
 
 
+def epoch_lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("epoch ")]
+
+
 def test_training_learns(
     tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    metrics_csv = tmp_path / "runs" / "metrics.csv"
+    run_dir = tmp_path / "runs" / "run-1"
     flags = ["--num-workers", "0", "--max-epochs", "8", "--batch-size", "16"]
-    assert train(tiny_data, metrics_csv, *flags) == 0
+    assert train(tiny_data, run_dir, *flags) == 0
 
-    rows = read_metrics(metrics_csv)
+    rows = read_metrics(run_dir)
     assert [row["epoch"] for row in rows] == list(range(1, 9))
-    assert rows[-1]["train_loss"] < rows[0]["train_loss"] / 2
-    assert rows[-1]["val_loss"] < rows[0]["val_loss"]
-    assert rows[-1]["val_accuracy"] >= 0.8  # chance is 0.25
+    model_class = torch.load(run_dir / "last.pt", weights_only=True)["model_class"]
+    trained = f"{model_class} trained 8 epochs on 192 samples of 1x8x8 in 4 classes"
+    first, last = rows[0], rows[-1]
+    assert last["train_loss"] < first["train_loss"] / 2, (
+        f"{trained}: train_loss {first['train_loss']:.4f} -> {last['train_loss']:.4f},"
+        " expected below half"
+    )
+    assert last["val_loss"] < first["val_loss"], (
+        f"{trained}: val_loss {first['val_loss']:.4f} -> {last['val_loss']:.4f}, expected lower"
+    )
+    assert last["val_accuracy"] >= 0.8, (
+        f"{trained}: val_accuracy {last['val_accuracy']:.3f}, expected >= 0.8 (chance is 0.25)"
+    )
+    assert all(0 <= row["data_wait"] <= 1 for row in rows)
     out = capsys.readouterr().out
     assert "epoch 8/8  train_loss" in out and "192 train and 64 validation samples" in out
-    assert metrics_csv.read_bytes().count(b"\r") == 0
+    assert (run_dir / "metrics.csv").read_bytes().count(b"\r") == 0
 
 
-def test_dry_run_loads_two_batches_per_split(
-    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_dry_run_loads_two_batches_per_split_and_writes_nothing(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     loaded = record_loads(monkeypatch)
     flags = ["--dry-run", "--num-workers", "0", "--batch-size", "8", "--max-epochs", "50"]
-    assert train(tiny_data, tmp_path / "m.csv", *flags) == 0
-    assert len(read_metrics(tmp_path / "m.csv")) == 1
+    assert train(tiny_data, tmp_path / "runs" / "run-1", *flags) == 0
+    assert len(epoch_lines(capsys.readouterr().out)) == 1
+    assert not (tmp_path / "runs").exists()
     # The first sample of each split (shape and dtype check), the model's input shape, then
     # two batches of training and two of validation.
     assert len(loaded) == 3 + 2 * 8 + 2 * 8
 
 
-def test_dry_run_with_workers(tiny_data: Path, tmp_path: Path) -> None:
-    flags = ["--dry-run", "--num-workers", "2", "--batch-size", "8"]
-    assert train(tiny_data, tmp_path / "m.csv", *flags) == 0
-    rows = read_metrics(tmp_path / "m.csv")
-    assert len(rows) == 1 and 0 <= rows[0]["val_accuracy"] <= 1
+def test_dry_run_with_workers(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    flags = ["--dry-run", "--num-workers", "2", "--batch-size", "8", "--tensorboard"]
+    assert train(tiny_data, tmp_path / "runs" / "run-1", *flags) == 0
+    (line,) = epoch_lines(capsys.readouterr().out)
+    assert line.startswith("epoch 1/1  train_loss ")
+    assert 0 <= float(re.search(r"val_accuracy (\S+)", line)[1]) <= 1
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("shuffle", ["--shuffle", "--no-shuffle"])
@@ -74,7 +94,7 @@ def test_shuffle_decides_the_training_order_validation_is_never_shuffled(
     partition, _ = load_partition(tiny_data)
     loaded = record_loads(monkeypatch)
     flags = ["--num-workers", "0", "--batch-size", "64", "--max-epochs", "2", shuffle]
-    assert train(tiny_data, tmp_path / "m.csv", *flags) == 0
+    assert train(tiny_data, tmp_path / "runs" / "run-1", *flags) == 0
 
     loaded = loaded[3:]  # after the two first samples and the input shape
     train_order, validation_order = partition["train"], partition["validation"]
@@ -92,13 +112,17 @@ def test_same_seed_same_run(tiny_data: Path, tmp_path: Path, num_workers: str) -
     runs = []
     for name in ["a", "b"]:
         flags = ["--max-epochs", "2", "--num-workers", num_workers, "--seed", "3"]
-        assert train(tiny_data, tmp_path / f"{name}.csv", *flags) == 0
-        runs.append((tmp_path / f"{name}.csv").read_text())
-    assert runs[0] == runs[1]
+        assert train(tiny_data, tmp_path / "runs" / name, *flags) == 0
+        # All but data_wait, a measured share of time.
+        runs.append([{k: v for k, v in row.items() if k != "data_wait"}
+                     for row in read_metrics(tmp_path / "runs" / name)])  # fmt: skip
+    assert len(runs[0]) == 2 and runs[0] == runs[1]
+    a, b = (torch.load(tmp_path / "runs" / name / "last.pt", weights_only=True) for name in "ab")
+    assert all(torch.equal(a["model"][key], b["model"][key]) for key in a["model"])
 
 
 def test_no_data_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert train(tmp_path / "nowhere", tmp_path / "m.csv", "--dry-run") == 1
+    assert train(tmp_path / "nowhere", tmp_path / "runs" / "run-1", "--dry-run") == 1
     err = capsys.readouterr().err
     assert "nowhere/partition.json not found: pass --data-dir, run `python make_sample_data" in err
 
@@ -115,13 +139,17 @@ def test_samples_of_any_number_dtype_train(tmp_path: Path, dtype: torch.dtype) -
     (data_dir / "partition.json").write_text(json.dumps(partition))
     (data_dir / "labels.json").write_text(json.dumps(labels))
     flags = ["--max-epochs", "2", "--num-workers", "0", "--batch-size", "8"]
-    assert train(data_dir, tmp_path / "m.csv", *flags) == 0
+    assert train(data_dir, tmp_path / "runs" / "run-1", *flags) == 0
 
 
 def test_flags_override_the_defaults() -> None:
-    args = pytorch_script.parse_args(["--batch-size", "8", "--no-shuffle", "--num-workers", "0"])
+    args = cli.training_args(["--batch-size", "8", "--no-shuffle", "--num-workers", "0"], "")
     assert (args.batch_size, args.shuffle, args.num_workers) == (8, False, 0)
     assert args.device.type in ("cpu", "cuda", "mps", "xpu")
+    assert (args.runs_dir, args.run_name, args.resume) == (Path("runs"), None, None)
+    assert cli.training_args(["--resume"], "").resume == ""  # the latest run, or --run-name
+    assert cli.training_args(["--resume", "run-3"], "").resume == "run-3"
+    assert cli.training_args(["--dry-run", "--max-epochs", "9"], "").max_epochs == 1
 
 
 @pytest.mark.parametrize(
@@ -133,15 +161,121 @@ def test_flags_override_the_defaults() -> None:
         (["--lr", "-1"], "argument --lr: -1 is not a positive number"),
         (["--device", "gpu"], "argument --device: 'gpu' is not a device"),
         (["--device", "meta"], "argument --device: 'meta': torch "),
+        (["--metrics-csv", "m.csv"], "unrecognized arguments: --metrics-csv m.csv"),
     ],
 )
 def test_bad_flags_exit_with_usage(
     bad: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        pytorch_script.parse_args(bad)
+        pytorch_script.main(bad)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+# One run, one directory: runs/<name>/ holds metrics.csv, last.pt, best.pt, settings.json.
+
+
+def script(data_dir: Path, runs_dir: Path, *flags: str) -> int:
+    """pytorch_script.py as a user runs it, naming no run unless flags do."""
+    argv = ["--device", "cpu", "--data-dir", str(data_dir), "--runs-dir", str(runs_dir)]
+    argv += ["--batch-size", "32", "--num-workers", "0", "--no-tensorboard"]
+    return pytorch_script.main([*argv, *flags])
+
+
+def last_epoch(run_dir: Path) -> int:
+    return torch.load(run_dir / "last.pt", weights_only=True)["epoch"]
+
+
+def test_runs_in_a_row_get_directories_of_their_own(tiny_data: Path, tmp_path: Path) -> None:
+    runs_dir = tmp_path / "runs"
+    assert script(tiny_data, runs_dir, "--max-epochs", "1") == 0
+    first = snapshot(runs_dir / "run-1")
+    assert sorted(first) == ["best.pt", "last.pt", "metrics.csv", "settings.json"]
+
+    assert script(tiny_data, runs_dir, "--max-epochs", "2", "--seed", "1") == 0
+    assert sorted(p.name for p in runs_dir.iterdir()) == ["run-1", "run-2"]
+    assert snapshot(runs_dir / "run-1") == first  # not rewritten, touched, nor appended to
+    assert [row["epoch"] for row in read_metrics(runs_dir / "run-2")] == [1, 2]
+
+
+def test_resume_goes_on_with_the_latest_run_or_the_one_named(
+    tiny_data: Path, tmp_path: Path, capsys
+) -> None:
+    runs_dir = tmp_path / "runs"
+    assert script(tiny_data, runs_dir, "--max-epochs", "1") == 0
+    assert script(tiny_data, runs_dir, "--max-epochs", "1", "--run-name", "b") == 0
+    capsys.readouterr()
+
+    assert script(tiny_data, runs_dir, "--max-epochs", "2", "--resume") == 0  # the latest: b
+    assert f"resuming {runs_dir / 'b'} after epoch 1" in capsys.readouterr().out
+    assert (last_epoch(runs_dir / "run-1"), last_epoch(runs_dir / "b")) == (1, 2)
+
+    assert script(tiny_data, runs_dir, "--max-epochs", "3", "--resume", "run-1") == 0
+    assert f"resuming {runs_dir / 'run-1'} after epoch 1" in capsys.readouterr().out
+    assert (last_epoch(runs_dir / "run-1"), last_epoch(runs_dir / "b")) == (3, 2)
+    assert [row["epoch"] for row in read_metrics(runs_dir / "run-1")] == [1, 2, 3]
+
+    # --run-name says which run too; two different names are refused.
+    assert script(tiny_data, runs_dir, "--max-epochs", "3", "--resume", "--run-name", "b") == 0
+    assert last_epoch(runs_dir / "b") == 3
+    assert script(tiny_data, runs_dir, "--resume", "b", "--run-name", "run-1") == 1
+    assert capsys.readouterr().err == (
+        "error: --resume b and --run-name run-1 name two runs: give one\n"
+    )
+
+
+def test_resume_without_a_run_starts_it(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    """A requeued job can always pass --resume: the first time, it starts the run."""
+    runs_dir = tmp_path / "runs"
+    assert script(tiny_data, runs_dir, "--max-epochs", "1", "--resume") == 0
+    assert sorted(p.name for p in runs_dir.iterdir()) == ["run-1"]
+    assert script(tiny_data, runs_dir, "--max-epochs", "1", "--resume", "job-7") == 0
+    assert sorted(p.name for p in runs_dir.iterdir()) == ["job-7", "run-1"]
+    assert (last_epoch(runs_dir / "run-1"), last_epoch(runs_dir / "job-7")) == (1, 1)
+    assert "resuming" not in capsys.readouterr().out
+
+
+def test_a_new_run_under_an_existing_name_is_refused(
+    tiny_data: Path, tmp_path: Path, capsys
+) -> None:
+    runs_dir = tmp_path / "runs"
+    assert script(tiny_data, runs_dir, "--max-epochs", "1", "--run-name", "mine") == 0
+    before = snapshot(runs_dir)
+    capsys.readouterr()
+
+    assert script(tiny_data, runs_dir, "--max-epochs", "2", "--run-name", "mine") == 1
+    assert capsys.readouterr().err == (
+        f"error: {runs_dir / 'mine'} holds an earlier run: --resume mine goes on with it,"
+        " --run-name NAME starts a new one beside it\n"
+    )
+    assert snapshot(runs_dir) == before
+
+
+def test_settings_json_records_the_flags(tiny_data: Path, tmp_path: Path) -> None:
+    runs_dir = tmp_path / "runs"
+    flags = ["--max-epochs", "1", "--lr", "0.002", "--seed", "7", "--no-shuffle"]
+    assert script(tiny_data, runs_dir, *flags) == 0
+    settings = json.loads((runs_dir / "run-1" / "settings.json").read_text())
+    assert settings["lr"] == "0.002" and settings["seed"] == "7"
+    assert settings["shuffle"] == "False" and settings["max_epochs"] == "1"
+    assert settings["batch_size"] == "32" and settings["data_dir"] == str(tiny_data)
+    assert settings["run_dir"] == str(runs_dir / "run-1")
+    # A resumed run records its own flags.
+    assert script(tiny_data, runs_dir, "--max-epochs", "2", "--resume", "--lr", "0.01") == 0
+    settings = json.loads((runs_dir / "run-1" / "settings.json").read_text())
+    assert (settings["lr"], settings["max_epochs"], settings["resume"]) == ("0.01", "2", "")
+
+
+def test_dry_run_writes_no_run_directory(tiny_data: Path, tmp_path: Path) -> None:
+    runs_dir = tmp_path / "runs"
+    assert script(tiny_data, runs_dir, "--dry-run") == 0
+    assert script(tiny_data, runs_dir, "--dry-run", "--resume", "--run-name", "x") == 0
+    assert not runs_dir.exists()
+    assert script(tiny_data, runs_dir, "--max-epochs", "1") == 0
+    before = snapshot(runs_dir)
+    assert script(tiny_data, runs_dir, "--dry-run", "--run-name", "run-1") == 0
+    assert snapshot(runs_dir) == before
 
 
 @pytest.mark.slow
@@ -155,18 +289,12 @@ def test_workers_started_with_spawn_or_forkserver_train(
         f"mp.set_start_method({start_method!r})\n"
         "sys.exit(pytorch_script.main(sys.argv[1:]))\n"
     )
-    argv = [
-        "--device",
-        "cpu",
-        "--data-dir",
-        str(tiny_data),
-        "--metrics-csv",
-        str(tmp_path / "m.csv"),
-    ]
-    argv += ["--checkpoint-dir", str(tmp_path / "c"), "--num-workers", "2", "--max-epochs", "2"]
+    argv = ["--device", "cpu", "--data-dir", str(tiny_data), "--runs-dir", str(tmp_path / "runs")]
+    argv += ["--no-tensorboard", "--num-workers", "2", "--max-epochs", "2"]
     result = subprocess.run(
         [sys.executable, "-c", code, *argv],
         cwd=Path(pytorch_script.__file__).parent, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "epoch 2/2" in result.stdout and "num_workers 2" in result.stdout
+    assert len(read_metrics(tmp_path / "runs" / "run-1")) == 2
