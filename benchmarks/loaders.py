@@ -86,34 +86,37 @@ def measure_shape(project: Path, shape: str, num_samples: int, repeats: int) -> 
     )
     subprocess.run([*run, "pack_data.py", "--data-dir", str(data)], cwd=project, check=True)
 
-    from my_classes import PACKED, Dataset, PackedDataset, load_partition
-    from pytorch_script import loader_params, usable_cpus
+    import argparse
+
+    from my_classes import Dataset
+    from plumbing import loader
+    from plumbing.data import load_partition
+    from plumbing.loader import usable_cpus
+    from plumbing.packed import PACKED, PackedDataset
 
     os.chdir(workdir)  # the article's loader reads data/<ID>.pt from the working directory
     partition, labels = load_partition("data")
     cpus = usable_cpus()
+    args = argparse.Namespace(seed=0, prefetch_factor=2, loader_timeout=0)
 
-    def params(num_workers: int, data_format: str) -> dict:
-        return loader_params(
-            batch_size=64, num_workers=num_workers, prefetch_factor=2, seed=0,
-            device=torch.device("cpu"), data_format=data_format,
-        ) | {"shuffle": True}  # fmt: skip
+    def generator(dataset: torch.utils.data.Dataset, num_workers: int):
+        """As pytorch_script.py makes its training_generator, the article's params completed."""
+        params = {"batch_size": 64, "shuffle": True, "num_workers": num_workers}
+        return lambda: loader.make(dataset, params, args, torch.device("cpu"))
 
-    files = Dataset(partition["train"], labels, "data")
-    packed = PackedDataset(Path("data") / PACKED / "train")
+    # The training set, as training reads it: the user's Dataset, augmentation on (a no-op
+    # until you write one), or the packed copy of what it reads.
+    files = Dataset(partition["train"], labels, "data", augment=True)
+    packed = PackedDataset(files, Path("data") / PACKED / "train")
     article_params = {"batch_size": 64, "shuffle": True, "num_workers": 6}  # the article's
     loaders = {
         "article, 6 workers": lambda: torch.utils.data.DataLoader(
             ArticleDataset(partition["train"], labels), **article_params
         ),
-        "files, 0 workers": lambda: torch.utils.data.DataLoader(files, **params(0, "files")),
-        f"files, {cpus} workers": lambda: torch.utils.data.DataLoader(
-            files, **params(cpus, "files")
-        ),
-        "packed, 0 workers": lambda: torch.utils.data.DataLoader(packed, **params(0, "packed")),
-        f"packed, {cpus} workers": lambda: torch.utils.data.DataLoader(
-            packed, **params(cpus, "packed")
-        ),
+        "files, 0 workers": generator(files, 0),
+        f"files, {cpus} workers": generator(files, cpus),
+        "packed, 0 workers": generator(packed, 0),
+        f"packed, {cpus} workers": generator(packed, cpus),
     }
     epoch_rate(loaders["files, 0 workers"]())  # warm the page cache: every file read once
     epoch_rate(loaders["packed, 0 workers"]())
@@ -149,7 +152,7 @@ def worker_memory(storage: str, num_IDs: int, freeze: bool) -> float:
     IDs = [f"id-{i + 1}" for i in range(num_IDs)]
     labels = {ID: i % 10 for i, ID in enumerate(IDs)}
     dataset = (Article if storage == "article" else my_classes.Dataset)(IDs, labels)
-    loader = torch.utils.data.DataLoader(
+    generator = torch.utils.data.DataLoader(
         dataset,
         batch_size=4096,
         sampler=[i % num_IDs for i in range(1_000_000)],
@@ -159,10 +162,10 @@ def worker_memory(storage: str, num_IDs: int, freeze: bool) -> float:
     )
     if freeze:
         gc.freeze()
-    for _ in loader:
+    for _ in generator:
         pass
     usage = []
-    for worker in loader._iterator._workers:
+    for worker in generator._iterator._workers:
         fields = {}
         for line in Path(f"/proc/{worker.pid}/smaps_rollup").read_text().splitlines()[1:]:
             name, value = line.split(":")
@@ -226,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                 few, many = (in_new_python(project, storage, n, freeze) for n in (1_000, 10**6))
                 name = {
                     "article": "article: list of str, dict",
-                    "project": "project: NumPy arrays",
+                    "project": "project: byte buffer + offsets, label array",
                 }[storage]
                 name += ", gc.freeze()" if freeze else ""
                 print(f"  {name:44} {few:9.1f} {many:9.1f} {many - few:7.1f}")

@@ -54,8 +54,9 @@ class Log:
         self.args, self.start_epoch, self.hint, self.say = args, start_epoch, data_bound_hint, say
         self.file = self.writer = None
         self.warned_data_bound = False
-        if self.run_dir and args.tensorboard:
-            tensorboard_writer_class()  # now, rather than fail after the first epoch
+        if args.tensorboard and rank() == 0:
+            # Now, rather than fail after the first epoch; --dry-run too, which checks a run.
+            tensorboard_writer_class()
 
     def epoch(
         self,

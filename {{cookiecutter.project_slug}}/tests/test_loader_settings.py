@@ -71,7 +71,9 @@ def test_worker_options_only_with_workers_and_pinning_only_for_cuda(tiny_data: P
     assert make(0, timeout=5).timeout == 0 and make(2, timeout=5).timeout == 5
     assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
     partition, labels = load_partition(tiny_data)
-    packed = PackedDataset(Dataset(partition["train"], labels, tiny_data), tiny_data / PACKED / "train")
+    packed = PackedDataset(
+        Dataset(partition["train"], labels, tiny_data), tiny_data / PACKED / "train"
+    )
     assert make(0, dataset=packed).collate_fn is PackedDataset.collate_fn
 
 

@@ -48,6 +48,7 @@ def test_read_is_deterministic_and_augmentation_only_for_the_training_set(
         assert torch.equal(X, saved.flip(-1)) and y == labels[ID]
     assert len(calls) == 2 and all(torch.equal(X, saved) for X in calls)
 
+
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_loader_yields_every_sample_once_per_epoch(tiny_data: Path, num_workers: int) -> None:
     partition, labels = load_partition(tiny_data)

@@ -44,9 +44,9 @@ def split(data_dir: Path, name: str, dataset_class: type = Dataset, augment: boo
 
 def test_packed_samples_are_bitwise_the_per_file_samples(tiny_data: Path) -> None:
     assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
-    assert sorted(p.relative_to(tiny_data / PACKED).as_posix() for p in (tiny_data / PACKED).rglob("*.*")) == [
-        FINGERPRINT, "train/X.npy", "validation/X.npy"
-    ]
+    assert sorted(
+        p.relative_to(tiny_data / PACKED).as_posix() for p in (tiny_data / PACKED).rglob("*.*")
+    ) == [FINGERPRINT, "train/X.npy", "validation/X.npy"]
     partition, _ = load_partition(tiny_data)
     for name in SPLITS:
         files, packed = split(tiny_data, name)
@@ -263,3 +263,223 @@ def test_a_pack_leaves_the_work_of_runs_still_going_alone(tiny_data: Path) -> No
         (tmp / "train").mkdir(parents=True)
     assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
     assert running.exists() and elsewhere.exists()
+
+
+def test_a_pack_of_another_length_than_its_split_is_refused(tiny_data: Path) -> None:
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    partition, labels = load_partition(tiny_data)
+    fewer = Dataset(partition["train"][:10], labels, tiny_data)
+    with pytest.raises(DataError, match="train/X.npy holds 192 samples, the split 10: run pack"):
+        PackedDataset(fewer, tiny_data / PACKED / "train")
+
+
+class Recorded(Dataset):
+    """The article's Dataset whose random_augmentation records each sample it is given and
+    returns it plus one."""
+
+    given: list[torch.Tensor] = []
+
+    def random_augmentation(self, X: torch.Tensor) -> torch.Tensor:
+        self.given.append(X.clone())
+        return X + 1
+
+
+def test_packed_batches_get_the_augmentation_of_each_sample(
+    tiny_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    monkeypatch.setattr(Recorded, "given", [])
+    files, packed = split(tiny_data, "train", Recorded, augment=True)
+    X, y = packed.__getitems__([5, 0, 7])
+
+    read = [files.read(files.list_IDs[i]) for i in (5, 0, 7)]
+    assert len(Recorded.given) == 3
+    assert all(torch.equal(given, X) for given, X in zip(Recorded.given, read, strict=True))
+    assert torch.equal(X, torch.stack(read) + 1)
+    assert torch.equal(packed[5][0], read[0] + 1) and len(Recorded.given) == 4
+    # Without augment (the validation set), never.
+    _, plain = split(tiny_data, "train", Recorded)
+    assert torch.equal(plain.__getitems__([5, 0, 7])[0], torch.stack(read))
+    assert torch.equal(plain[5][0], read[0]) and len(Recorded.given) == 4
+
+
+class Noisy(Dataset):
+    def random_augmentation(self, X: torch.Tensor) -> torch.Tensor:
+        return X + torch.rand(X.shape)
+
+
+def test_a_random_augmentation_takes_effect_in_both_formats(tiny_data: Path) -> None:
+    """Packed data holds what read() returns, never an augmented sample: each read draws anew."""
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    files, packed = split(tiny_data, "train", Noisy, augment=True)
+    for read in (files.__getitem__, packed.__getitem__, lambda i: packed.__getitems__([i])):
+        first, again = read(3)[0], read(3)[0]
+        assert not torch.equal(first, again)
+        assert (first - files.read(files.list_IDs[3])).abs().max() < 1  # noise on the sample
+
+
+def test_an_augmentation_that_returns_its_input_leaves_the_batch_as_it_is(
+    tiny_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The template's random_augmentation returns X: a packed batch is then not split into
+    samples and stacked again."""
+    batch = torch.arange(24.0).reshape(4, 6)
+    assert packed_module.each(lambda X: X, batch) is batch
+    changed = packed_module.each(lambda X: X * 2 if X[0] == 6 else X, batch)
+    assert changed is not batch and torch.equal(changed, batch * torch.tensor([[1], [2], [1], [1]]))
+
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    files, packed = split(tiny_data, "train", augment=True)  # the template's Dataset
+
+    def no_stacking(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the batch was restacked")
+
+    monkeypatch.setattr(torch, "stack", no_stacking)
+    X, _ = packed.__getitems__([5, 0, 7])
+    monkeypatch.undo()
+    assert torch.equal(X, torch.stack([files[i][0] for i in (5, 0, 7)]))
+
+
+class InPlace(Dataset):
+    def random_augmentation(self, X: torch.Tensor) -> torch.Tensor:
+        return X.add_(1)  # changes the very tensor it is given
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 160, 160)])  # torch's gather, NumPy's
+def test_an_augmentation_in_place_never_changes_the_pack(tmp_path: Path, shape: tuple) -> None:
+    data_dir = tmp_path / "data"
+    make_sample_data(data_dir, num_samples=12, shape=shape, num_classes=3, validation_fraction=0.25)
+    assert pack_data.main(["--data-dir", str(data_dir)]) == 0
+    on_disk = snapshot(data_dir / PACKED)
+    files, packed = split(data_dir, "train", InPlace, augment=True)
+    expected = files.read(files.list_IDs[4]) + 1
+    for _read in range(2):
+        assert torch.equal(packed[4][0], expected)
+        assert torch.equal(packed.__getitems__([4, 2])[0][0], expected)
+    assert torch.equal(packed.X[4], expected - 1)  # the mapped copy, as packed
+    assert snapshot(data_dir / PACKED) == on_disk
+
+
+def test_training_augments_each_training_sample_in_both_formats(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """my_classes.Dataset.random_augmentation, as a user writes it there, runs in training from
+    packed data as from the files: on every training sample, on no validation sample."""
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    counts = {}
+    for data_format in ("files", "packed"):
+        given: list[torch.Size] = []
+        monkeypatch.setattr(
+            Dataset, "random_augmentation", lambda self, X: given.append(X.shape) or X.flip(-1)
+        )
+        flags = ["--dry-run", "--num-workers", "0", "--data-format", data_format]
+        assert train(tiny_data, tmp_path / "runs" / data_format, *flags) == 0
+        assert set(given) == {(1, 8, 8)}
+        counts[data_format] = len(given)
+    assert counts["packed"] == counts["files"] >= 2 * 32  # both batches of 32 of the dry run
+
+
+READ = '        return load_sample(self.data_dir / f"{ID}.pt", ID)\n'
+EDITS = {
+    # read() now returns zeros, and notes each ID it reads beside my_classes.py.
+    "read": (
+        READ,
+        '        with open(Path(__file__).with_name("reads.txt"), "a") as log:\n'
+        '            log.write(ID + "\\n")\n'
+        "        return torch.zeros(1, 8, 8)\n",
+    ),
+    "__getitem__": (
+        "        y = int(self.labels[index])\n",
+        "        y = int(self.labels[index]) % 2\n",
+    ),
+    "random_augmentation": (
+        "        return X\n\n\nclass Net",
+        "        return X.flip(-1) if torch.rand(()) < 0.5 else X\n\n\nclass Net",
+    ),
+}
+
+
+def edited_dataset_class(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, edit: str | None
+) -> type:
+    """my_classes.Dataset after an edit, imported from an edited copy of my_classes.py."""
+    source = Path(my_classes.__file__).read_text(encoding="utf-8")
+    if edit:
+        old, new = EDITS[edit]
+        assert source.count(old) == 1, f"my_classes.py changed: edit {edit} anew"
+        source = source.replace(old, new)
+    path = tmp_path / f"{name}.py"
+    path.write_text(source, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)  # where inspect finds the class's source
+    spec.loader.exec_module(module)
+    return module.Dataset
+
+
+@pytest.mark.parametrize(
+    ("edit", "stale"),
+    [(None, False), ("read", True), ("__getitem__", True), ("random_augmentation", False)],
+)
+def test_a_dataset_edit_makes_the_pack_stale_but_for_the_augmentation(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit: str | None, stale: bool
+) -> None:
+    """random_augmentation runs on every read, from packed data too; any other edit of the
+    Dataset may change what a sample is, so the pack no longer stands for it."""
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    name = f"my_classes_{edit or 'as_is'}".strip("_")
+    edited = edited_dataset_class(tmp_path, monkeypatch, name, edit)
+    partition, _ = load_partition(tiny_data)
+    expected = (
+        f"{tiny_data / PACKED} was packed by another version of Dataset in {name}.py than the"
+        " one there now"
+    )
+    assert packed_is_stale(tiny_data, partition, edited) == (expected if stale else None)
+
+
+def test_a_pack_made_before_read_was_edited_is_never_used(tiny_data: Path, tmp_path: Path) -> None:
+    """The project copied, its Dataset.read edited after packing: training from the files says so
+    in one line and reads through the edited read(); --data-format packed refuses; pack_data.py
+    then packs what the edited read() returns."""
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    project = tmp_path / "project"
+    here = Path(pytorch_script.__file__).parent
+    shutil.copytree(
+        here / "plumbing", project / "plumbing", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for script in here.glob("*.py"):
+        shutil.copy(script, project)
+    old, new = EDITS["read"]
+    source = (project / "my_classes.py").read_text(encoding="utf-8")
+    assert source.count(old) == 1
+    (project / "my_classes.py").write_text(source.replace(old, new), encoding="utf-8")
+
+    def run(script: str, *flags: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, script, "--data-dir", str(tiny_data), *flags]
+        return subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=300)
+
+    flags = ["--device", "cpu", "--dry-run", "--num-workers", "0", "--batch-size", "32"]
+    auto = run("pytorch_script.py", *flags, "--no-tensorboard")
+    assert auto.returncode == 0, auto.stderr
+    stale = (
+        f"{tiny_data / PACKED} was packed by another version of Dataset in my_classes.py than"
+        " the one there now"
+    )
+    data_lines = [line for line in auto.stdout.splitlines() if line.startswith("data: ")]
+    assert data_lines == [f"data: {tiny_data}/<ID>.pt ({stale}; `python pack_data.py` updates it)"]
+    reads = (project / "reads.txt").read_text().split()
+    partition, _ = load_partition(tiny_data)
+    assert len(set(reads) & set(partition["train"])) >= 2 * 32  # the dry run's two batches
+    assert len(set(reads) & set(partition["validation"])) >= 2 * 32
+
+    packed = run("pytorch_script.py", *flags, "--no-tensorboard", "--data-format", "packed")
+    assert packed.returncode == 1
+    assert packed.stderr == (
+        f"error: {stale}: run `python pack_data.py --data-dir {tiny_data}`, or train from the"
+        " files with --data-format files\n"
+    )
+
+    assert run("pack_data.py").returncode == 0
+    for name in SPLITS:
+        X = np.load(tiny_data / PACKED / name / "X.npy")
+        assert X.shape[1:] == (1, 8, 8) and not X.any()  # what the edited read() returns

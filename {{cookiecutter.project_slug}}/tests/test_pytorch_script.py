@@ -79,7 +79,7 @@ def test_dry_run_loads_two_batches_per_split_and_writes_nothing(
 
 
 def test_dry_run_with_workers(tiny_data: Path, tmp_path: Path, capsys) -> None:
-    flags = ["--dry-run", "--num-workers", "2", "--batch-size", "8", "--tensorboard"]
+    flags = ["--dry-run", "--num-workers", "2", "--batch-size", "8"]
     assert train(tiny_data, tmp_path / "runs" / "run-1", *flags) == 0
     (line,) = epoch_lines(capsys.readouterr().out)
     assert line.startswith("epoch 1/1  train_loss ")
