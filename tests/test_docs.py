@@ -1,5 +1,6 @@
 """The READMEs' "Bring your own data" code, run as a reader would run it, on data made here."""
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -64,3 +65,24 @@ def test_bring_your_own_data_snippets_make_data_the_project_trains_on(
     assert f"of shape {shape}" in out.stdout
     rows = read_metrics(tmp_path / "runs" / "run-1" / "metrics.csv")
     assert rows[-1]["val_accuracy"] > 0.6  # learned: chance is a third or a quarter
+
+
+@pytest.mark.slow
+def test_the_readme_s_constraint_keeps_torch_when_adding_torchvision(
+    cookies, tmp_path: Path
+) -> None:
+    """The generated README's one command for a package that depends on torch: pip must plan to
+    keep the installed torch (a dry run: it resolves against the package index)."""
+    result = cookies.bake(extra_context=NO_DATA)
+    assert result.exit_code == 0, result.exception
+    readme = (result.project_path / "README.md").read_text(encoding="utf-8")
+    [command] = [line for line in readme.splitlines() if "-c constraints.txt" in line]
+    write_constraint, install = command.split(" && ")
+    assert install == "python -m pip install torchvision -c constraints.txt"
+    run(["sh", "-c", write_constraint.replace("python ", f"{sys.executable} ", 1)], tmp_path)
+    report = tmp_path / "report.json"
+    pip = [sys.executable, "-m", "pip", "install", "torchvision", "-c", "constraints.txt"]
+    run([*pip, "--dry-run", "--quiet", "--report", str(report)], tmp_path)
+    planned = {item["metadata"]["name"] for item in json.loads(report.read_text())["install"]}
+    assert "torchvision" in planned
+    assert "torch" not in planned, f"pip would replace the installed torch: {sorted(planned)}"

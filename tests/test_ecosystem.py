@@ -81,18 +81,36 @@ def test_pre_commit_passes_and_keeps_data_and_checkpoints_out(
     pre_commit = [sys.executable, "-m", "pre_commit", "run"]
     run([*pre_commit, "--all-files"], project, env)  # ruff check and format: clean
 
-    (project / "data" / "id-1.pt").write_bytes(b"sample")
-    (project / "checkpoints").mkdir()
-    (project / "checkpoints" / "last.pt").write_bytes(b"weights")
-    (project / "features.npy").write_bytes(b"array")
-    run(["git", "add", "--force", "data/id-1.pt", "checkpoints/last.pt", "features.npy"], project)
+    data = ["data/id-1.pt", "checkpoints/last.pt", "features.npy", "runs/run-1/metrics.csv"]
+    # What the README's bring-your-own-data recipe reads and writes
+    data += ["images/cat/1.png", "mydata/partition.json"]
+    for name in data:
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_bytes(b"data")
+    run(["git", "add", "--all"], project, env)
+    staged = run(["git", "diff", "--cached", "--name-only"], project, env).stdout
+    assert staged == "", ".gitignore lets data through"
+    run(["git", "add", "--force", *data], project, env)
     result = subprocess.run(pre_commit, cwd=project, env=env, capture_output=True, text=True)
 
     assert result.returncode == 1
     assert "keep data files and checkpoints out of git" in result.stdout
-    for name in ("data/id-1.pt", "checkpoints/last.pt", "features.npy"):
-        assert name in result.stdout
+    for name in data:
+        assert name in result.stdout, f"the guard does not name {name}"
     assert "data/.gitkeep" not in result.stdout
+
+
+@pytest.mark.slow
+def test_the_quick_start_s_git_init_then_pre_commit_install_works(
+    cookies, tmp_path: Path, pre_commit_home: Path
+) -> None:
+    project = bake(cookies)  # git_init off: the default
+    env = git_env(tmp_path / "home") | {"PRE_COMMIT_HOME": str(pre_commit_home)}
+    readme = (project / "README.md").read_text(encoding="utf-8")
+    assert "git init && pre-commit install" in readme
+    run(["git", "init", "--quiet"], project, env)
+    result = run([sys.executable, "-m", "pre_commit", "install"], project, env)
+    assert "pre-commit installed at .git/hooks/pre-commit" in result.stdout
 
 
 @pytest.mark.slow

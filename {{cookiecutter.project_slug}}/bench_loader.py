@@ -147,9 +147,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="one JSON object (with --format)")
     args = p.parse_args(argv)
     if not args.format and (args.json or args.num_workers is not None or args.prefetch_factor):
-        p.error(
-            "--json, --num-workers and --prefetch-factor measure one setting: give --format"
-        )
+        p.error("--json, --num-workers and --prefetch-factor measure one setting: give --format")
     args.num_workers = args.num_workers or 0
     args.prefetch_factor = args.prefetch_factor or 2
     return args

@@ -51,9 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="share of the samples in partition['validation']",
     )
     p.add_argument("--seed", type=int, default=0, help="same seed, same data")
-    p.add_argument(
-        "--force", action="store_true", help="replace the data already in --data-dir"
-    )
+    p.add_argument("--force", action="store_true", help="replace the data already in --data-dir")
     args = p.parse_args(argv)
     num_validation = round(args.num_samples * args.validation_fraction)
     if not 2 <= args.num_classes <= args.num_samples or not 0 < num_validation < args.num_samples:

@@ -129,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.force:
             partition, _ = load_partition(args.data_dir)
             if packed_is_stale(args.data_dir, partition, Dataset) is None:
-                print(f"{args.data_dir / PACKED} is up to date; nothing to do (--force packs anyway)")
+                print(
+                    f"{args.data_dir / PACKED} is up to date; nothing to do (--force packs anyway)"
+                )
                 return 0
         packed = pack(args.data_dir)
     except (DataError, OSError) as err:

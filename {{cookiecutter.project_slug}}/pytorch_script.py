@@ -34,11 +34,10 @@ from plumbing.errors import exit_status
 
 def run(args: argparse.Namespace) -> None:
     """The article's script, complete."""
-    say = print if distributed.rank() == 0 else lambda *_: None  # one voice, not one per rank
     loader.seed_everything(args.seed)  # the same on every rank: the same initial weights
 
     # CUDA for PyTorch
-    device = distributed.setup(args.device)  # under torchrun: this process's GPU
+    args.device = device = distributed.setup(args.device)  # under torchrun: this process's GPU
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
 
     # Parameters
@@ -55,7 +54,7 @@ def run(args: argparse.Namespace) -> None:
     validation_set = Dataset(partition["validation"], labels, args.data_dir)
     # pack_data.py's copy of what they read, while it is current: batched reads, same samples
     training_set, validation_set = packed.choose(
-        args.data_format, args.data_dir, partition, (training_set, validation_set), say
+        args.data_format, args.data_dir, partition, (training_set, validation_set), distributed.say
     )
 
     # Generators (plumbing/loader.py adds what makes them fast, safe and repeatable)
@@ -64,26 +63,32 @@ def run(args: argparse.Namespace) -> None:
     loader.check_batch_fits(training_generator, args.data_dir)
 
     # Model, loss and optimizer
-    with loader.deadline(args.loader_timeout):
-        input_shape = tuple(training_set[0][0].shape)
-    num_classes = max(labels.values()) + 1
-    model = build_model(input_shape, num_classes).to(device)
+    args.input_shape = loader.shape_of(training_set, args.loader_timeout)
+    args.num_classes = max(labels.values()) + 1
+    model = build_model(args.input_shape, args.num_classes).to(device)
     loss_fn = nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
 
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp and device.type == "cuda")
+    fit(model, loss_fn, optimizer, training_generator, validation_generator, max_epochs, args)
 
-    # A new run in runs/<name>/, or the one to go on with (--resume)
-    start_epoch, best_score = runs.start(
-        args, model, optimizer, scaler, input_shape, num_classes, device, say
-    )
-    log = metrics.Log(args, start_epoch, loader.data_bound_hint(args, training_set), say)
+
+def fit(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    training_generator: torch.utils.data.DataLoader,
+    validation_generator: torch.utils.data.DataLoader,
+    max_epochs: int,
+    args: argparse.Namespace,
+) -> None:
+    """The loop over epochs, in a new run directory or on from a checkpoint (--resume)."""
+    device, say = args.device, distributed.say  # rank 0 speaks for all
+    # Mixed precision (--amp): float16 on CUDA needs its gradients scaled
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp and device.type == "cuda")
+    start_epoch, best_score = runs.start(args, model, optimizer, scaler, say)
+    log = metrics.Log(args, start_epoch, loader.data_bound_hint(args, training_generator), say)
+    say(loader.describe(training_generator, validation_generator, args))
     model = distributed.parallel(model)
-    say(
-        loader.describe(
-            training_generator, validation_generator, input_shape, num_classes, args, device
-        )
-    )
     # Objects made so far live as long as the run: keep the garbage collector of each forked
     # worker from writing to them, which would copy their pages into it (tens of MB each).
     gc.freeze()
@@ -106,9 +111,8 @@ def run(args: argparse.Namespace) -> None:
             score = val_accuracy
             if log.run_dir:
                 best_score = checkpoints.save_epoch(
-                    args.run_dir, model, optimizer, scaler, epoch, score, best_score,
-                    input_shape, num_classes,
-                )  # fmt: skip
+                    args, model, optimizer, scaler, epoch, score, best_score
+                )
         if start_epoch > max_epochs:
             say(f"nothing to do: {args.run_dir} is at epoch {start_epoch - 1} of {max_epochs}")
     finally:
@@ -191,7 +195,8 @@ def to_device(
     X: torch.Tensor, y: torch.Tensor, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     non_blocking = device.type == "cuda"  # copies from pinned memory overlap with compute
-    return X.to(device, torch.float32, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
+    X = X.to(device, torch.float32, non_blocking=non_blocking)
+    return X, y.to(device, non_blocking=non_blocking)
 
 
 def autocast(device: torch.device, enabled: bool) -> torch.autocast:

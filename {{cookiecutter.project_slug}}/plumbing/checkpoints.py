@@ -7,6 +7,7 @@ They hold tensors and plain types only, so that torch.load(path, weights_only=Tr
     model.load_state_dict(checkpoint["model"])
 """
 
+import argparse
 import random
 from pathlib import Path
 
@@ -32,17 +33,16 @@ KEYS = (
 
 
 def save_epoch(
-    run_dir: Path,
+    args: argparse.Namespace,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     epoch: int,
     score: float,
     best_score: float,
-    input_shape: tuple[int, ...],
-    num_classes: int,
 ) -> float:
-    """Save last.pt, and best.pt too when score beats best_score; returns the new best score."""
+    """Save the run's last.pt, and best.pt too when score beats best_score; returns the new
+    best score."""
     model = unwrapped(model)
     checkpoint = {
         "model": model.state_dict(),
@@ -52,12 +52,12 @@ def save_epoch(
         "epoch": epoch,
         "best_score": max(score, best_score),
         "rng": rng_states(),
-        "input_shape": list(input_shape),
-        "num_classes": num_classes,
+        "input_shape": list(args.input_shape),
+        "num_classes": args.num_classes,
     }
-    save(checkpoint, run_dir / "last.pt")
+    save(checkpoint, args.run_dir / "last.pt")
     if score > best_score:
-        save(checkpoint, run_dir / "best.pt")
+        save(checkpoint, args.run_dir / "best.pt")
     return max(score, best_score)
 
 

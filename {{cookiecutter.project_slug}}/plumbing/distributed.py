@@ -33,6 +33,12 @@ def rank() -> int:
     return int(os.environ.get("RANK", 0))
 
 
+def say(text: str) -> None:
+    """print, on rank 0 only: one voice, not one per rank."""
+    if rank() == 0:
+        print(text)
+
+
 def setup(device: torch.device) -> torch.device:
     """Join torchrun's other processes, if started by it; returns this process's device."""
     if "WORLD_SIZE" in os.environ:

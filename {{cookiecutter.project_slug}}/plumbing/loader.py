@@ -31,7 +31,7 @@ def usable_cpus() -> int:
 
 
 def capped_workers(num_workers: int) -> int:
-    """More workers than CPUs only adds overhead; under torchrun the ranks of a machine share them."""
+    """At most the CPUs: more only add overhead. Under torchrun a machine's ranks share them."""
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     return min(num_workers, usable_cpus() // local_world_size)
 
@@ -87,13 +87,16 @@ def check_batch_fits(training_generator: torch.utils.data.DataLoader, data_dir: 
         )
 
 
+def shape_of(dataset: torch.utils.data.Dataset, timeout: float) -> tuple[int, ...]:
+    """The shape of the first sample, read within timeout seconds (0: no limit)."""
+    with deadline(timeout):
+        return tuple(dataset[0][0].shape)
+
+
 def describe(
     training_generator: torch.utils.data.DataLoader,
     validation_generator: torch.utils.data.DataLoader,
-    input_shape: tuple[int, ...],
-    num_classes: int,
     args: argparse.Namespace,
-    device: torch.device,
 ) -> str:
     """One line on what the run trains on, and how it loads it."""
     num_workers = training_generator.num_workers
@@ -102,18 +105,20 @@ def describe(
         note = f" (of {args.num_workers} asked: {usable_cpus()} CPUs)"
     num_train, num_validation = (len(g.dataset) for g in (training_generator, validation_generator))
     return (
-        f"device {device}; {num_train} train and {num_validation} validation"
-        f" samples of shape {input_shape}, {num_classes} classes; batch_size"
+        f"device {args.device}; {num_train} train and {num_validation} validation"
+        f" samples of shape {args.input_shape}, {args.num_classes} classes; batch_size"
         f" {args.batch_size}, shuffle {args.shuffle}, num_workers {num_workers}{note}"
         f"{distributed.ranks_note()}"
     )
 
 
-def data_bound_hint(args: argparse.Namespace, training_set: torch.utils.data.Dataset) -> str:
+def data_bound_hint(
+    args: argparse.Namespace, training_generator: torch.utils.data.DataLoader
+) -> str:
     """What to try when the run waits for its batches."""
     where = "" if args.data_dir == Path("data") else f" --data-dir {args.data_dir}"
     pack = ""
-    if not hasattr(training_set, "collate_fn"):  # not packed yet
+    if not hasattr(training_generator.dataset, "collate_fn"):  # not packed yet
         pack = f"; `python pack_data.py{where}` packs the data for batched reads"
     return f"`python bench_loader.py{where}` finds faster loader settings{pack}."
 
@@ -198,6 +203,7 @@ class Batches:
         # DataLoader times its workers; with none, the timer of deadline() times this process.
         self.timeout = timeout if generator.num_workers == 0 else 0
         self.data_wait = 0.0
+        self.quiet = None if desc else True  # None: tqdm shows the bar in a terminal only
 
     def __iter__(self) -> Iterator:
         batches = islice(self.generator, self.max_batches)
@@ -208,7 +214,7 @@ class Batches:
         waited = 0.0
         # The bar appears only in a terminal, when an epoch takes more than two seconds.
         for batch in tqdm(
-            batches, self.desc, total, leave=False, delay=2, unit="batch", disable=not self.desc
+            batches, self.desc, total, leave=False, delay=2, unit="batch", disable=self.quiet
         ):
             if start is None:  # from the first batch: starting workers is not waiting for data
                 start = time.perf_counter()

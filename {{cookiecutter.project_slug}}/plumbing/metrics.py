@@ -83,7 +83,9 @@ class Log:
             return
         if self.file is None:
             self._open()
-        row = dict(zip(COLUMNS, (epoch, train_loss, val_loss, val_accuracy, data_wait)))
+        row = dict(
+            zip(COLUMNS, (epoch, train_loss, val_loss, val_accuracy, data_wait), strict=True)
+        )
         csv.writer(self.file, lineterminator="\n").writerow(
             [epoch] + [f"{row[column]:.6f}" for column in COLUMNS[1:]]
         )

@@ -20,9 +20,6 @@ def start(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
-    input_shape: tuple[int, ...],
-    num_classes: int,
-    device: torch.device,
     say: Callable[[str], None],
 ) -> tuple[int, float]:
     """Set args.run_dir (None for --dry-run, which writes nothing) and, with --resume, load its
@@ -32,10 +29,12 @@ def start(
         return 1, float("-inf")
     args.run_dir, resuming = choose(args.runs_dir, args.run_name, args.resume)
     if not resuming:
+        if args.resume is not None:
+            say(f"nothing to resume yet: starting {args.run_dir}")
         return 1, float("-inf")
     last = args.run_dir / "last.pt"
     start_epoch, best_score = checkpoints.resume(
-        last, model, optimizer, scaler, input_shape, num_classes, device
+        last, model, optimizer, scaler, args.input_shape, args.num_classes, args.device
     )
     say(f"resuming {args.run_dir} after epoch {start_epoch - 1}")
     return start_epoch, best_score
@@ -88,5 +87,5 @@ def next_name(runs_dir: Path) -> str:
 
 def save_settings(run_dir: Path, settings: dict) -> None:
     """settings.json: the flags of the latest start of the run, for the record."""
-    text = json.dumps({key: str(value) for key, value in settings.items()}, indent=1)
+    text = json.dumps(settings, indent=1, default=str)  # paths and the device as text
     atomic_write_text(run_dir / "settings.json", text + "\n")

@@ -2,10 +2,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import bench_loader
 import pack_data
-import pytorch_script
+from plumbing import loader
+from plumbing.cli import training_args
+from plumbing.packed import PackedDataset
 
 SMALL = ["--max-samples", "64", "--repeats", "1", "--epochs", "1"]
 
@@ -41,7 +44,7 @@ def test_sweep_prints_a_table_and_flags_that_pytorch_script_takes(
     assert lines[-2].startswith("fastest at --batch-size 16: ")
     command = lines[-1].split()
     assert command[:2] == ["python", "pytorch_script.py"]
-    args = pytorch_script.parse_args(command[2:])
+    args = training_args(command[2:], "")
     assert args.data_format in ("files", "packed") and args.batch_size == 16
 
 
@@ -59,3 +62,29 @@ def test_without_packed_data_the_sweep_says_how_to_add_it(
     argv = ["--data-dir", str(tiny_data), "--format", "packed", "--json", *SMALL]
     assert bench_loader.main(argv) == 1
     assert "run `python pack_data.py` first" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("data_format", ["files", "packed"])
+def test_each_measurement_uses_the_loader_it_names(
+    tiny_data: Path, monkeypatch: pytest.MonkeyPatch, data_format: str
+) -> None:
+    """Training's own DataLoader (plumbing.loader.make), with what the sweep varies on top."""
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    made = []
+    monkeypatch.setattr(
+        bench_loader.loader, "make", lambda *a, **kw: made.append(loader.make(*a, **kw)) or made[-1]
+    )
+    dataset = bench_loader.training_set(tiny_data, data_format, max_samples=64)
+    assert len(dataset) == 64 and dataset.dataset.dataset.augment is not None  # as training reads
+    setting = {"batch_size": 16, "num_workers": 1, "persistent_workers": False}
+    setting |= {"prefetch_factor": 4, "pin_memory": False}
+    cpu = torch.device("cpu")
+    assert bench_loader.samples_per_s(dataset, data_format, setting, cpu, epochs=2) > 0
+
+    (generator,) = made
+    assert (generator.batch_size, generator.num_workers, generator.prefetch_factor) == (16, 1, 4)
+    assert generator.persistent_workers is False and generator.pin_memory is False
+    assert isinstance(generator.sampler, loader.EpochSampler) and generator.sampler.shuffle
+    assert generator.worker_init_fn.func is loader.init_worker  # seeded as training seeds
+    packed = data_format == "packed"
+    assert (generator.collate_fn is PackedDataset.collate_fn) == packed

@@ -10,14 +10,16 @@ import torch
 
 import pytorch_script
 from make_sample_data import make_sample_data
-from my_classes import Dataset, Net, load_partition
+from my_classes import Dataset, build_model
+from plumbing import cli, distributed, loader
+from plumbing.data import load_partition
 
 PROJECT = Path(pytorch_script.__file__).parent
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    command += ["pytorch_script.py", "--device", "cpu", *args]
+    command += ["pytorch_script.py", "--device", "cpu", "--no-tensorboard", *args]
     return subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=300)
 
 
@@ -31,36 +33,52 @@ def odd_data(tmp_path: Path) -> Path:
     return data_dir
 
 
+def measured_directly(model: torch.nn.Module, dataset: Dataset) -> tuple[float, float]:
+    """The mean loss and the accuracy of model over every sample of dataset, in one batch."""
+    X = torch.stack([dataset[i][0] for i in range(len(dataset))]).float()
+    y = torch.tensor([dataset[i][1] for i in range(len(dataset))])
+    model.eval()
+    with torch.no_grad():
+        outputs = model(X)
+    loss = torch.nn.functional.cross_entropy(outputs, y).item()
+    return loss, (outputs.argmax(dim=1) == y).float().mean().item()
+
+
 @pytest.mark.slow
 def test_two_ranks_learn_and_report_what_one_process_measures(
     odd_data: Path, tmp_path: Path
 ) -> None:
-    metrics_csv, checkpoints = tmp_path / "m.csv", tmp_path / "checkpoints"
+    runs_dir = tmp_path / "runs"
     result = torchrun(
-        "--data-dir", str(odd_data), "--metrics-csv", str(metrics_csv),
-        "--checkpoint-dir", str(checkpoints), "--max-epochs", "4", "--num-workers", "1",
-        "--batch-size", "16",
+        "--data-dir", str(odd_data), "--runs-dir", str(runs_dir), "--max-epochs", "4",
+        "--num-workers", "1", "--batch-size", "16",
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("epoch 4/4") == 1, "only rank 0 prints"
     assert "on each of 2 ranks" in result.stdout
-    with open(metrics_csv) as f:
+    run_dir = runs_dir / "run-1"  # one run directory, named by rank 0, written by rank 0
+    assert sorted(p.name for p in runs_dir.iterdir()) == ["run-1"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "best.pt", "last.pt", "metrics.csv", "settings.json",
+    ]  # fmt: skip
+    with open(run_dir / "metrics.csv") as f:
         rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    assert len(rows) == 4 and rows[-1]["val_accuracy"] >= 0.8  # chance is 0.25
+    checkpoint = torch.load(run_dir / "last.pt", weights_only=True)
+    accuracy = rows[-1]["val_accuracy"]
+    assert len(rows) == 4 and accuracy >= 0.8, (
+        f"{checkpoint['model_class']} trained 4 epochs on 2 ranks: {len(rows)} rows,"
+        f" val_accuracy {accuracy:.3f}, expected >= 0.8 (chance is 0.25)"
+    )
 
     # One process, the same weights, every validation sample once.
     partition, labels = load_partition(odd_data)
-    model = Net((1, 8, 8), num_classes=4)
-    model.load_state_dict(torch.load(checkpoints / "last.pt", weights_only=True)["model"])
+    model = build_model(tuple(checkpoint["input_shape"]), checkpoint["num_classes"])
+    model.load_state_dict(checkpoint["model"])
     validation_set = Dataset(partition["validation"], labels, odd_data)
-    sampler = torch.utils.data.DistributedSampler(validation_set, 1, 0, shuffle=False)
-    loader = torch.utils.data.DataLoader(validation_set, batch_size=16, sampler=sampler)
-    loss_sum, num_correct, num_samples = pytorch_script.validate(
-        model, loader, torch.nn.CrossEntropyLoss(), False, torch.device("cpu")
-    )
-    assert num_samples == 75
-    assert rows[-1]["val_loss"] == pytest.approx(loss_sum / num_samples, abs=2e-6)
-    assert rows[-1]["val_accuracy"] == pytest.approx(num_correct / num_samples, abs=2e-6)
+    assert len(validation_set) == 75
+    val_loss, val_accuracy = measured_directly(model, validation_set)
+    assert rows[-1]["val_loss"] == pytest.approx(val_loss, abs=2e-6)
+    assert rows[-1]["val_accuracy"] == pytest.approx(val_accuracy, abs=2e-6)
 
 
 @pytest.mark.slow
@@ -69,13 +87,14 @@ def test_one_failing_rank_fails_the_whole_job(odd_data: Path, tmp_path: Path) ->
     # Without shuffling, rank 1 reads the samples at odd positions: only it fails.
     (odd_data / f"{partition['train'][101]}.pt").unlink()
     result = torchrun(
-        "--data-dir", str(odd_data), "--metrics-csv", str(tmp_path / "m.csv"), "--no-shuffle",
-        "--checkpoint-dir", str(tmp_path / "checkpoints"), "--num-workers", "0",
+        "--data-dir", str(odd_data), "--runs-dir", str(tmp_path / "runs"), "--no-shuffle",
+        "--num-workers", "0",
     )  # fmt: skip
     assert result.returncode != 0
     missing = f"error (rank 1): sample '{partition['train'][101]}': "
     assert missing in result.stderr and ".pt not found" in result.stderr
     assert result.stderr.count("error (rank") == 1, "rank 0 had nothing to complain about"
+    assert not (tmp_path / "runs").exists()  # no epoch finished: no run to resume
 
 
 def test_ranks_share_the_data_and_the_order_changes_every_epoch(
@@ -87,11 +106,46 @@ def test_ranks_share_the_data_and_the_order_changes_every_epoch(
     for rank in (0, 1):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "2")
-        sampler, _ = pytorch_script.samplers(training_set, training_set, True, seed=0)
+        sampler = loader.EpochSampler(training_set, shuffle=True, seed=0)
         for epoch in (1, 2):
             sampler.set_epoch(epoch)
+            assert int(sampler.shared_epoch) == epoch  # what the workers seed themselves from
             orders[rank, epoch] = list(sampler)
     for epoch in (1, 2):
         shares = orders[0, epoch] + orders[1, epoch]
         assert sorted(shares) == list(range(len(training_set)))  # 192: no padding needed
     assert orders[0, 1] != orders[0, 2] and orders[1, 1] != orders[1, 2]
+
+
+def test_validation_counts_every_sample_once_whatever_the_padding(
+    odd_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """75 samples on 2 ranks: 38 each, one of rank 1's a repeat that validate() leaves out.
+    Each rank's result, weighted by its share, is what one process measures."""
+    partition, labels = load_partition(odd_data)
+    validation_set = Dataset(partition["validation"], labels, odd_data)
+    torch.manual_seed(0)
+    model = build_model((1, 8, 8), num_classes=4)
+    args = cli.training_args(["--device", "cpu", "--num-workers", "0", "--batch-size", "16"], "")
+    params = {"batch_size": 16, "shuffle": False, "num_workers": 0}
+    device = torch.device("cpu")
+
+    def validate() -> tuple[float, float, int]:
+        generator = loader.make(validation_set, params, args, device)
+        share = distributed.share(generator.sampler)
+        loss, accuracy = pytorch_script.validate(
+            model, generator, torch.nn.CrossEntropyLoss(), args, device
+        )
+        return loss, accuracy, share
+
+    whole = validate()
+    per_rank = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        per_rank.append(validate())
+    assert [share for *_, share in per_rank] == [38, 37] and whole[2] == 75
+    for i in (0, 1):  # the loss, then the accuracy
+        combined = sum(result[i] * share for *result, share in per_rank) / 75
+        assert combined == pytest.approx(whole[i], abs=1e-6)
+    assert whole[:2] == pytest.approx(measured_directly(model, validation_set), abs=1e-6)

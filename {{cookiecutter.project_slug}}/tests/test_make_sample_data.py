@@ -83,8 +83,9 @@ def test_killed_half_way_the_data_stays_incomplete_until_rerun_with_force(
 
     # partition.json comes last: without it, nothing takes the samples for a data set.
     assert not (data_dir / "partition.json").exists()
-    assert train(data_dir, tmp_path / "m.csv") == 1
+    assert train(data_dir, tmp_path / "runs" / "run-1") == 1
     assert "partition.json not found" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
     assert make_sample_data.main(["--data-dir", str(data_dir), *ARGS]) == 1
     assert "already holds data" in capsys.readouterr().err
     assert make_sample_data.main(["--data-dir", str(data_dir), *ARGS, "--force"]) == 0

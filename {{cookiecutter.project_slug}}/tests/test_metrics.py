@@ -170,7 +170,9 @@ def test_plot_compares_runs_in_one_figure(tiny_data: Path, tmp_path: Path, capsy
     assert not (runs_dir / "run-2" / "metrics.png").exists()
 
     out_png = tmp_path / "both.png"
-    assert plot_metrics.main(["run-1", "run-2", "--runs-dir", str(runs_dir), "--out", str(out_png)]) == 0
+    argv = ["run-1", "run-2", "--runs-dir", str(runs_dir), "--out", str(out_png)]
+    assert plot_metrics.main(argv) == 0
+    assert capsys.readouterr().out.endswith(f" into {out_png}\n")
     assert out_png.read_bytes().startswith(b"\x89PNG")
 
 

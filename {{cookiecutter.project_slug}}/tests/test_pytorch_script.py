@@ -233,7 +233,9 @@ def test_resume_without_a_run_starts_it(tiny_data: Path, tmp_path: Path, capsys)
     assert script(tiny_data, runs_dir, "--max-epochs", "1", "--resume", "job-7") == 0
     assert sorted(p.name for p in runs_dir.iterdir()) == ["job-7", "run-1"]
     assert (last_epoch(runs_dir / "run-1"), last_epoch(runs_dir / "job-7")) == (1, 1)
-    assert "resuming" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "resuming" not in out
+    assert f"nothing to resume yet: starting {runs_dir / 'job-7'}" in out
 
 
 def test_a_new_run_under_an_existing_name_is_refused(
@@ -257,14 +259,14 @@ def test_settings_json_records_the_flags(tiny_data: Path, tmp_path: Path) -> Non
     flags = ["--max-epochs", "1", "--lr", "0.002", "--seed", "7", "--no-shuffle"]
     assert script(tiny_data, runs_dir, *flags) == 0
     settings = json.loads((runs_dir / "run-1" / "settings.json").read_text())
-    assert settings["lr"] == "0.002" and settings["seed"] == "7"
-    assert settings["shuffle"] == "False" and settings["max_epochs"] == "1"
-    assert settings["batch_size"] == "32" and settings["data_dir"] == str(tiny_data)
+    assert (settings["lr"], settings["seed"], settings["shuffle"]) == (0.002, 7, False)
+    assert (settings["max_epochs"], settings["batch_size"], settings["resume"]) == (1, 32, None)
+    assert settings["data_dir"] == str(tiny_data) and settings["device"] == "cpu"
     assert settings["run_dir"] == str(runs_dir / "run-1")
     # A resumed run records its own flags.
     assert script(tiny_data, runs_dir, "--max-epochs", "2", "--resume", "--lr", "0.01") == 0
     settings = json.loads((runs_dir / "run-1" / "settings.json").read_text())
-    assert (settings["lr"], settings["max_epochs"], settings["resume"]) == ("0.01", "2", "")
+    assert (settings["lr"], settings["max_epochs"], settings["resume"]) == (0.01, 2, "")
 
 
 def test_dry_run_writes_no_run_directory(tiny_data: Path, tmp_path: Path) -> None:
