@@ -83,8 +83,12 @@ def load(path: Path, device: torch.device) -> dict:
             f"{path} is not a checkpoint this script can load ({load_error(err)}): copy best.pt"
             f" over it to resume from there, or start a new run with another --run-name"
         ) from None
-    if not isinstance(checkpoint, dict) or not set(KEYS) <= set(checkpoint):
-        raise CheckpointError(f"{path} is not a checkpoint of pytorch_script.py (it lacks {KEYS})")
+    missing = [key for key in KEYS if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a checkpoint of pytorch_script.py (it lacks {', '.join(missing)}):"
+            " start a new run (--run-name)"
+        )
     return checkpoint
 
 

@@ -48,16 +48,15 @@ def choose(runs_dir: Path, run_name: str | None, resume: str | None) -> tuple[Pa
             raise CheckpointError(
                 f"--resume {resume} and --run-name {run_name} name two runs: give one"
             )
-        name = resume or run_name or latest(runs_dir)
-        if name is not None and (runs_dir / name / "last.pt").exists():
+        name = resume or run_name or latest(runs_dir) or next_name(runs_dir)
+        if (runs_dir / name / "last.pt").exists():
             return runs_dir / name, True
-        # Nothing to go on from yet: start it, so that a requeued job can always pass --resume.
-        if name is None:
-            name = next_name(runs_dir)
-        elif (runs_dir / name).exists():
+        # Nothing to go on from yet (a first start, or one stopped before its first checkpoint):
+        # start it, so that a requeued job can always pass --resume.
+        if not only_what_a_run_writes(runs_dir / name):
             raise CheckpointError(
-                f"{runs_dir / name} has no last.pt to resume from: start a new run"
-                " (--run-name NAME)"
+                f"{runs_dir / name} holds files of no run and no last.pt: choose another run"
+                " name"
             )
         return runs_dir / name, False
     name = run_name or next_name(runs_dir)
@@ -69,10 +68,28 @@ def choose(runs_dir: Path, run_name: str | None, resume: str | None) -> tuple[Pa
     return runs_dir / name, False
 
 
+def only_what_a_run_writes(run_dir: Path) -> bool:
+    """Whether run_dir is missing, or holds only files that a run writes (which a run that
+    starts over rewrites): not a directory of something else."""
+    if not run_dir.exists():
+        return True
+    return run_dir.is_dir() and all(
+        path.name in ("metrics.csv", "settings.json", "best.pt")
+        or path.name.startswith(("events.out.tfevents.", ".last.pt.", ".best.pt."))
+        for path in run_dir.iterdir()
+    )
+
+
 def latest(runs_dir: Path) -> str | None:
-    """The run whose last.pt was written last, or None."""
-    lasts = sorted(runs_dir.glob("*/last.pt"), key=lambda path: path.stat().st_mtime_ns)
-    return lasts[-1].parent.name if lasts else None
+    """The run that wrote its settings or its last.pt last, or None."""
+    written = [
+        path
+        for pattern in ("*/last.pt", "*/settings.json")
+        for path in runs_dir.glob(pattern)
+    ]
+    if not written:
+        return None
+    return max(written, key=lambda path: path.stat().st_mtime_ns).parent.name
 
 
 def next_name(runs_dir: Path) -> str:
