@@ -70,12 +70,18 @@ def test_each_measurement_uses_the_loader_it_names(
 ) -> None:
     """Training's own DataLoader (plumbing.loader.make), with what the sweep varies on top."""
     assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
-    made = []
-    monkeypatch.setattr(
-        bench_loader.loader, "make", lambda *a, **kw: made.append(loader.make(*a, **kw)) or made[-1]
-    )
+    made, make = [], loader.make
+
+    def recorded(*args: object, **overrides: object) -> torch.utils.data.DataLoader:
+        made.append(make(*args, **overrides))
+        return made[-1]
+
+    monkeypatch.setattr(loader, "make", recorded)
     dataset = bench_loader.training_set(tiny_data, data_format, max_samples=64)
-    assert len(dataset) == 64 and dataset.dataset.dataset.augment is not None  # as training reads
+    assert isinstance(dataset, torch.utils.data.Subset) and len(dataset) == 64
+    files = dataset.dataset.dataset if data_format == "packed" else dataset.dataset
+    assert isinstance(dataset.dataset, PackedDataset) == (data_format == "packed")
+    assert files.augment  # read as training reads its training set
     setting = {"batch_size": 16, "num_workers": 1, "persistent_workers": False}
     setting |= {"prefetch_factor": 4, "pin_memory": False}
     cpu = torch.device("cpu")

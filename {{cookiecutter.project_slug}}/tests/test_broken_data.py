@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
+import pack_data
 import pytorch_script
 from conftest import snapshot, train
 from make_sample_data import make_sample_data
-from my_classes import load_partition
+from plumbing.data import load_partition
+from plumbing.loader import CAN_TIME_READS
 
 # A case breaks the data in data_dir and returns what the error must say.
 Case = Callable[[Path, dict[str, list[str]], dict[str, int]], str]
@@ -176,18 +178,37 @@ CASES = {
 def test_broken_data_is_named_and_left_as_it_was(
     tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], case: Case, num_workers
 ) -> None:
-    (tmp_path / "m.csv").write_text("epoch,train_loss,val_loss,val_accuracy\n1,2,2,0.5\n")
+    earlier = tmp_path / "runs" / "run-1"  # an earlier run's directory
+    earlier.mkdir(parents=True)
+    (earlier / "metrics.csv").write_text("epoch,train_loss,val_loss,val_accuracy\n1,2,2,0.5\n")
     message = case(tiny_data, *load_partition(tiny_data))
     before = snapshot(tiny_data), snapshot(tmp_path)
 
-    assert train(tiny_data, tmp_path / "m.csv", "--num-workers", num_workers) == 1
+    assert train(tiny_data, tmp_path / "runs" / "run-2", "--num-workers", num_workers) == 1
 
     err = capsys.readouterr().err
     assert err.startswith(message), err
     assert len(err.splitlines()) == 1, err
     assert "weights_only=False" not in err  # torch's own advice would run a hostile file's code
-    # The data, an earlier run's metrics: as they were; no checkpoint, no code run.
+    # The data, an earlier run's metrics: as they were; no run directory, no code run.
     assert (snapshot(tiny_data), snapshot(tmp_path)) == before
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["run-1"]
+
+
+@pytest.mark.parametrize("data_format", ["auto", "files"])
+def test_data_broken_after_packing_is_named_not_read_from_the_pack(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], data_format: str
+) -> None:
+    """The pack no longer holds what the files do: training reads the files, and names the
+    broken one."""
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    capsys.readouterr()
+    message = missing_sample(tiny_data, *load_partition(tiny_data))
+    flags = ["--num-workers", "0", "--data-format", data_format]
+    assert train(tiny_data, tmp_path / "runs" / "r", *flags) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(message) and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="a named pipe stands in for a hung read")
@@ -204,7 +225,7 @@ def test_a_read_that_hangs_fails_within_the_loader_timeout(
     flags = ["--num-workers", num_workers, "--loader-timeout", "1.5"]
 
     start = time.perf_counter()
-    assert train(tiny_data, tmp_path / "m.csv", *flags) == 1
+    assert train(tiny_data, tmp_path / "runs" / "r", *flags) == 1
     took = time.perf_counter() - start
 
     starting = " (starting the workers included)" if num_workers != "0" else ""
@@ -216,21 +237,21 @@ def test_a_read_that_hangs_fails_within_the_loader_timeout(
     assert took < 30  # 1.5 s, worker start and shut-down: not for ever
 
 
-@pytest.mark.skipif(not pytorch_script.CAN_TIME_READS, reason="no timer signal on Windows")
+@pytest.mark.skipif(not CAN_TIME_READS, reason="no timer signal on Windows")
 def test_the_read_timer_leaves_other_timers_and_threads_alone(
     tiny_data: Path, tmp_path: Path
 ) -> None:
     signal.setitimer(signal.ITIMER_REAL, 60)  # someone else's: a test runner's, a job's
     try:
         flags = ["--num-workers", "0", "--loader-timeout", "5", "--max-epochs", "1"]
-        assert train(tiny_data, tmp_path / "m.csv", *flags) == 0
+        assert train(tiny_data, tmp_path / "runs" / "main-thread", *flags) == 0
         assert signal.getitimer(signal.ITIMER_REAL)[0] > 30  # still armed, not reset
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
     # Only the main thread gets signals: elsewhere, reads in the process go untimed.
     codes = []
     thread = threading.Thread(
-        target=lambda: codes.append(train(tiny_data, tmp_path / "t.csv", *flags))
+        target=lambda: codes.append(train(tiny_data, tmp_path / "runs" / "thread", *flags))
     )
     thread.start()
     thread.join()

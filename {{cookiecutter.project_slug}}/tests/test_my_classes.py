@@ -168,6 +168,7 @@ def test_ids_keep_their_order_and_text() -> None:
     for index in (7, -8, 10**9):
         with pytest.raises(IndexError):
             stored[index]
+    assert stored[1:3] == IDs[1:3] and stored[::-2] == IDs[::-2] and stored[9:] == []
     assert list(StringArray([])) == []
 
 

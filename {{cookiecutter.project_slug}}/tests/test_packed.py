@@ -316,23 +316,32 @@ def test_a_random_augmentation_takes_effect_in_both_formats(tiny_data: Path) -> 
 def test_an_augmentation_that_returns_its_input_leaves_the_batch_as_it_is(
     tiny_data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The template's random_augmentation returns X: a packed batch is then not split into
-    samples and stacked again."""
-    batch = torch.arange(24.0).reshape(4, 6)
-    assert packed_module.each(lambda X: X, batch) is batch
-    changed = packed_module.each(lambda X: X * 2 if X[0] == 6 else X, batch)
-    assert changed is not batch and torch.equal(changed, batch * torch.tensor([[1], [2], [1], [1]]))
-
+    """The template's random_augmentation is `return X`: a packed batch is then not split into
+    samples and stacked again. Any other augmentation runs, sample by sample."""
     assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
     files, packed = split(tiny_data, "train", augment=True)  # the template's Dataset
 
-    def no_stacking(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the batch was restacked")
+    def no_sample_by_sample(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the batch was split into samples")
 
-    monkeypatch.setattr(torch, "stack", no_stacking)
+    monkeypatch.setattr(packed_module, "each", no_sample_by_sample)
+    monkeypatch.setattr(Dataset, "random_augmentation", no_sample_by_sample)
     X, _ = packed.__getitems__([5, 0, 7])
+    X_one, _ = packed[5]
     monkeypatch.undo()
     assert torch.equal(X, torch.stack([files[i][0] for i in (5, 0, 7)]))
+    assert torch.equal(X_one, X[0])
+
+    class SometimesFlipped(Dataset):
+        """Returns most samples as they are, but is not `return X`: it runs on each."""
+
+        def random_augmentation(self, X: torch.Tensor) -> torch.Tensor:
+            return X.flip(-1) if torch.equal(X, files[0][0]) else X
+
+    _, packed = split(tiny_data, "train", SometimesFlipped, augment=True)
+    X, _ = packed.__getitems__([5, 0, 7])
+    assert torch.equal(X, torch.stack([files[5][0], files[0][0].flip(-1), files[7][0]]))
+    assert torch.equal(packed[0][0], files[0][0].flip(-1))
 
 
 class InPlace(Dataset):
