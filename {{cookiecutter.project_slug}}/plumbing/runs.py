@@ -55,8 +55,7 @@ def choose(runs_dir: Path, run_name: str | None, resume: str | None) -> tuple[Pa
         # start it, so that a requeued job can always pass --resume.
         if not only_what_a_run_writes(runs_dir / name):
             raise CheckpointError(
-                f"{runs_dir / name} holds files of no run and no last.pt: choose another run"
-                " name"
+                f"{runs_dir / name} holds files of no run and no last.pt: choose another run name"
             )
         return runs_dir / name, False
     name = run_name or next_name(runs_dir)
@@ -82,11 +81,7 @@ def only_what_a_run_writes(run_dir: Path) -> bool:
 
 def latest(runs_dir: Path) -> str | None:
     """The run that wrote its settings or its last.pt last, or None."""
-    written = [
-        path
-        for pattern in ("*/last.pt", "*/settings.json")
-        for path in runs_dir.glob(pattern)
-    ]
+    written = [path for name in ("last.pt", "settings.json") for path in runs_dir.glob(f"*/{name}")]
     if not written:
         return None
     return max(written, key=lambda path: path.stat().st_mtime_ns).parent.name

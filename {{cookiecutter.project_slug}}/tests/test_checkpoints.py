@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import pytorch_script
-from conftest import snapshot, train
+from conftest import read_rows, snapshot, train
 from make_sample_data import make_sample_data
 from my_classes import build_model
 from plumbing import checkpoints
@@ -169,18 +169,35 @@ def test_a_bad_checkpoint_is_named_and_nothing_is_overwritten(
     assert snapshot(run_dir) == before
 
 
-def test_a_run_without_last_pt_is_named_and_nothing_is_overwritten(
+def test_a_run_stopped_before_its_first_checkpoint_starts_over_on_resume(
+    tiny_data: Path, tmp_path: Path, capsys
+) -> None:
+    """A first epoch whose metrics row was written but whose checkpoint was not (a full disk,
+    a kill): --resume, as a requeued job passes it, starts that run over."""
+    run_dir = tmp_path / "runs" / "run-1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.csv").write_text("epoch,train_loss,val_loss,val_accuracy,data_wait\n")
+    (run_dir / "settings.json").write_text("{}\n")
+
+    assert train(tiny_data, run_dir, "--resume", "--num-workers", "0", "--max-epochs", "2") == 0
+
+    assert f"nothing to resume yet: starting {run_dir}" in capsys.readouterr().out
+    assert [row["epoch"] for row in read_rows(run_dir / "metrics.csv")] == [1, 2]
+    assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == 2
+
+
+def test_a_directory_of_something_else_is_never_taken_for_a_run(
     tiny_data: Path, tmp_path: Path, capsys
 ) -> None:
     run_dir = tmp_path / "runs" / "run-1"
     run_dir.mkdir(parents=True)
-    (run_dir / "metrics.csv").write_text("what another run left\n")
+    (run_dir / "notes.txt").write_text("my notes\n")
     before = snapshot(run_dir)
 
     assert train(tiny_data, run_dir, "--resume", "--num-workers", "0") == 1
 
     assert capsys.readouterr().err == (
-        f"error: {run_dir} has no last.pt to resume from: start a new run (--run-name NAME)\n"
+        f"error: {run_dir} holds files of no run and no last.pt: choose another run name\n"
     )
     assert snapshot(run_dir) == before
 
