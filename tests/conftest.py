@@ -27,8 +27,9 @@ def run(
 def defaults(project: Path) -> dict:
     """The command-line defaults of the baked scripts, read in a fresh Python."""
     code = (
-        "import json, make_sample_data, pytorch_script\n"
-        "a = vars(pytorch_script.parse_args([])) | vars(make_sample_data.parse_args([]))\n"
+        "import json, make_sample_data\n"
+        "from plumbing.cli import training_args\n"
+        "a = vars(training_args([], '')) | vars(make_sample_data.parse_args([]))\n"
         "a['shape'] = list(a['shape'])\n"
         "print(json.dumps(a, default=str))"
     )

@@ -23,6 +23,8 @@ BAD_ANSWERS = [
     ("project_slug", "email"),
     ("project_slug", "json"),
     ("project_slug", "torch"),
+    ("project_slug", "plot_metrics"),  # a script of the project
+    ("project_slug", "plumbing"),  # the project's package
     ("project_slug", "numpy"),
     ("project_slug", "data"),
     ("project_slug", "tests"),

@@ -173,7 +173,8 @@ def test_random_augmentation_resumes_bit_for_bit(
 @pytest.mark.slow
 def test_the_best_metric_chooses_best_pt(tmp_path: Path, tiny_data: Path) -> None:
     project = edited_project(tmp_path, BEST_METRIC)
-    train(project, tiny_data, "--max-epochs", "4", "--run-name", "edited", "--lr", "0.02")
+    train(project, tiny_data, "--max-epochs", "2", "--run-name", "edited", "--lr", "0.02")
+    train(project, tiny_data, "--max-epochs", "4", "--resume", "edited", "--lr", "0.02")
     rows = read_rows(project / "runs/edited/metrics.csv")
     lowest_loss = min(rows, key=lambda row: row["val_loss"])["epoch"]
     best = torch.load(project / "runs/edited/best.pt", weights_only=True)

@@ -70,6 +70,15 @@ def test_two_ranks_learn_and_report_what_one_process_measures(
         f" val_accuracy {accuracy:.3f}, expected >= 0.8 (chance is 0.25)"
     )
 
+    # The README's torchrun command again, after that run: a run of its own beside it.
+    again = torchrun(
+        "--data-dir", str(odd_data), "--runs-dir", str(runs_dir), "--max-epochs", "1",
+        "--num-workers", "0", "--batch-size", "16",
+    )  # fmt: skip
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert sorted(p.name for p in runs_dir.iterdir()) == ["run-1", "run-2"]
+    assert (runs_dir / "run-2" / "last.pt").exists()
+
     # One process, the same weights, every validation sample once.
     partition, labels = load_partition(odd_data)
     model = build_model(tuple(checkpoint["input_shape"]), checkpoint["num_classes"])
