@@ -53,7 +53,10 @@ def metrics_csv(run: str, runs_dir: Path) -> Path:
     path = Path(run)
     if path.suffix == ".csv":
         return path
-    return (path if path.is_dir() else runs_dir / run) / "metrics.csv"
+    # A run's name first: a folder of that name here may be data (--data-dir mydata).
+    return (runs_dir / run if (runs_dir / run).is_dir() or not path.is_dir() else path) / (
+        "metrics.csv"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -146,7 +146,7 @@ def differing_keys(expected: dict, saved: dict, show: int = 3) -> str:
     )
     if not differ:
         return ""
-    more = f", ... ({len(differ)} in all)" if len(differ) > show else ""
+    more = ", ..." if len(differ) > show else ""
     return f"{len(differ)} parameters differ in name or shape: {', '.join(differ[:show])}{more}"
 
 

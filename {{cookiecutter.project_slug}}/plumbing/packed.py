@@ -6,14 +6,14 @@ import ast
 import hashlib
 import inspect
 import json
-import textwrap
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from plumbing.data import SPLITS
+from plumbing.data import SPLITS, load_sample
 from plumbing.errors import DataError
 
 PACKED = "packed"  # data/packed/<split>/X.npy
@@ -96,22 +96,32 @@ def returns_its_input(method: Callable) -> bool:
 
 
 def code_fingerprint(dataset_class: type) -> str:
-    """A digest of the Dataset class's source, random_augmentation left out: it runs on every
-    read, packed or not. Any other change (how a sample is read, say) makes the pack stale."""
+    """A digest of the code that makes a sample: the module of the Dataset class (my_classes.py)
+    but its models (nn.Module classes, build_model) and random_augmentation, which runs on
+    every read, packed or not; and plumbing/data.py, which loads the files. So an edit of how a
+    sample is read, in the class or in a helper beside it, makes the pack stale; an edit of the
+    model does not. Comments and blank lines do not count."""
+    module = sys.modules.get(dataset_class.__module__)
     try:
-        source = textwrap.dedent(inspect.getsource(dataset_class))
-    except (OSError, TypeError):  # a class with no source file: never trusted
+        tree = ast.parse(inspect.getsource(module))
+        loading = inspect.getsource(sys.modules[load_sample.__module__])
+    except (OSError, TypeError):  # no source file: never trusted
         return "no source"
-    # Left out by name from the source, not by the function the class holds now, which a test
-    # or a notebook may have replaced.
-    (class_def,) = ast.parse(source).body
-    class_def.body = [
-        node
-        for node in class_def.body
-        if getattr(node, "name", None) != "random_augmentation"
-        or not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-    ]
-    return hashlib.sha256(ast.unparse(class_def).encode()).hexdigest()
+    tree.body = [node for node in tree.body if not _is_model(node, module)]
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == dataset_class.__name__:
+            # Left out by name, not as the function the class holds now, which a test or a
+            # notebook may have replaced.
+            node.body = [n for n in node.body if getattr(n, "name", "") != "random_augmentation"]
+    code = ast.unparse(tree) + ast.unparse(ast.parse(loading))
+    return hashlib.sha256(code.encode()).hexdigest()
+
+
+def _is_model(node: ast.stmt, module: object) -> bool:
+    if isinstance(node, ast.FunctionDef):
+        return node.name == "build_model"
+    value = getattr(module, node.name, None) if isinstance(node, ast.ClassDef) else None
+    return isinstance(value, type) and issubclass(value, torch.nn.Module)
 
 
 def data_fingerprint(data_dir: str | Path, partition: dict[str, list[str]]) -> str:
@@ -159,8 +169,8 @@ def packed_is_stale(
         return f"{packed} was packed from other files than {data_dir} holds now"
     if packed_from.get("code") != now.get("code"):
         return (
-            f"{packed} was packed by another version of {dataset_class.__name__} in"
-            f" {dataset_class.__module__}.py than the one there now"
+            f"{packed} was packed by other code for reading a sample than"
+            f" {dataset_class.__module__}.py has now"
         )
     return None
 

@@ -29,9 +29,13 @@ def start(
         return 1, float("-inf")
     args.run_dir, resuming = choose(args.runs_dir, args.run_name, args.resume)
     if not resuming:
-        if args.resume is not None:
-            say(f"nothing to resume yet: starting {args.run_dir}")
+        nothing = "nothing to resume yet: " if args.resume is not None else ""
+        say(f"{nothing}starting {args.run_dir}")
         return 1, float("-inf")
+    data_dir = started_with(args.run_dir).get("data_dir")
+    if data_dir is not None and Path(data_dir) != args.data_dir:
+        say(f"warning: {args.run_dir} was started with --data-dir {data_dir}; this run reads"
+            f" {args.data_dir}")  # fmt: skip
     last = args.run_dir / "last.pt"
     start_epoch, best_score = checkpoints.resume(
         last, model, optimizer, scaler, args.input_shape, args.num_classes, args.device
@@ -98,6 +102,23 @@ def next_name(runs_dir: Path) -> str:
 
 
 def save_settings(run_dir: Path, settings: dict) -> None:
-    """settings.json: the flags of the latest start of the run, for the record."""
-    text = json.dumps(settings, indent=1, default=str)  # paths and the device as text
-    atomic_write_text(run_dir / "settings.json", text + "\n")
+    """settings.json: the flags of each start of the run, the first and each --resume."""
+    path = run_dir / "settings.json"
+    try:
+        starts = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        starts = []
+    if not isinstance(starts, list):
+        starts = []
+    starts.append(settings)
+    text = json.dumps(starts, indent=1, default=str)  # paths and the device as text
+    atomic_write_text(path, text + "\n")
+
+
+def started_with(run_dir: Path) -> dict:
+    """The flags of the run's first start, or {} where settings.json says nothing."""
+    try:
+        starts = json.loads((run_dir / "settings.json").read_text(encoding="utf-8"))
+        return starts[0] if isinstance(starts, list) and isinstance(starts[0], dict) else {}
+    except (OSError, ValueError, IndexError):
+        return {}

@@ -84,7 +84,9 @@ def edited_project(tmp_path: Path, *edits: tuple[str, str, str]) -> Path:
     for file, old, new in edits:
         path = copy / file
         text = path.read_text(encoding="utf-8")
-        assert text.count(old) == 1, f"{file} no longer holds, once, the text this row edits"
+        if text.count(old) != 1:  # never in the template's own tests, which check that
+            pytest.skip(f"{file} no longer holds the template's text that this row edits: you"
+                        " have made this change, or another there, yourself")  # fmt: skip
         path.write_text(text.replace(old, new), encoding="utf-8")
     return copy
 

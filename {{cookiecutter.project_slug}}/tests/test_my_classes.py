@@ -147,12 +147,23 @@ def test_missing_or_malformed_json_is_named(tmp_path: Path) -> None:
         load_partition(tmp_path)
 
 
+def test_the_model_maps_a_batch_to_class_scores_and_learns_from_it() -> None:
+    """The model build_model makes, whichever it is: samples of the tests' shape in, one score
+    per class out, and gradients for every parameter."""
+    model = build_model((1, 8, 8), num_classes=5)
+    scores = model(torch.randn(4, 1, 8, 8))
+    assert scores.shape == (4, 5), f"{type(model).__name__} gives scores of shape {scores.shape}"
+    torch.nn.functional.cross_entropy(scores, torch.tensor([0, 1, 2, 3])).backward()
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"{type(model).__name__}: no gradient reaches {missing}"
+
+
 @pytest.mark.parametrize(
     "shape", [(3, 32, 32), (1, 28, 28), (1, 8, 8), (3, 1, 1), (3, 227, 160), (20,), (4, 16)]
 )
 def test_net_maps_any_sample_shape_to_class_scores(shape: tuple[int, ...]) -> None:
-    model = build_model(shape, num_classes=5)
-    assert isinstance(model, Net)
+    """The template's Net itself (build_model may build another model now)."""
+    model = Net(shape, num_classes=5)
     assert model(torch.randn(2, *shape)).shape == (2, 5)
     # Apple's MPS has no adaptive pooling for sizes that do not divide evenly.
     assert not any("Adaptive" in type(layer).__name__ for layer in model.modules())

@@ -22,7 +22,7 @@ from plumbing import packed as packed_module
 from plumbing.data import SPLITS, load_partition
 from plumbing.errors import DataError
 from plumbing.loader import make
-from plumbing.packed import FINGERPRINT, PACKED, PackedDataset, packed_is_stale
+from plumbing.packed import FINGERPRINT, PACKED, PackedDataset, code_fingerprint, packed_is_stale
 
 
 def loader(
@@ -318,14 +318,21 @@ def test_an_augmentation_that_returns_its_input_leaves_the_batch_as_it_is(
 ) -> None:
     """The template's random_augmentation is `return X`: a packed batch is then not split into
     samples and stacked again. Any other augmentation runs, sample by sample."""
+
+    class ReturnsItsInput(Dataset):
+        """As the template's Dataset comes (whatever yours does now)."""
+
+        def random_augmentation(self, X: torch.Tensor) -> torch.Tensor:
+            return X
+
     assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
-    files, packed = split(tiny_data, "train", augment=True)  # the template's Dataset
+    files, packed = split(tiny_data, "train", ReturnsItsInput, augment=True)
 
     def no_sample_by_sample(*args: object, **kwargs: object) -> None:
         raise AssertionError("the batch was split into samples")
 
     monkeypatch.setattr(packed_module, "each", no_sample_by_sample)
-    monkeypatch.setattr(Dataset, "random_augmentation", no_sample_by_sample)
+    monkeypatch.setattr(ReturnsItsInput, "random_augmentation", no_sample_by_sample)
     X, _ = packed.__getitems__([5, 0, 7])
     X_one, _ = packed[5]
     monkeypatch.undo()
@@ -403,18 +410,23 @@ EDITS = {
         "        return X\n\n\nclass Net",
         "        return X.flip(-1) if torch.rand(()) < 0.5 else X\n\n\nclass Net",
     ),
+    # read() through a helper beside the Dataset
+    "helper": (READ, '        return scale(load_sample(self.data_dir / f"{ID}.pt", ID))\n'),
+    # The model: not how a sample is read.
+    "model": ("nn.Linear(num_features, 128)", "nn.Linear(num_features, 256)"),
 }
 
 
 def edited_dataset_class(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, edit: str | None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, edit: str | None, more: str = ""
 ) -> type:
-    """my_classes.Dataset after an edit, imported from an edited copy of my_classes.py."""
+    """my_classes.Dataset after an edit, imported from an edited copy of my_classes.py, with
+    more code at its end."""
     source = Path(my_classes.__file__).read_text(encoding="utf-8")
     if edit:
         old, new = EDITS[edit]
         assert source.count(old) == 1, f"my_classes.py changed: edit {edit} anew"
-        source = source.replace(old, new)
+        source = source.replace(old, new) + more
     path = tmp_path / f"{name}.py"
     path.write_text(source, encoding="utf-8")
     spec = importlib.util.spec_from_file_location(name, path)
@@ -426,7 +438,13 @@ def edited_dataset_class(
 
 @pytest.mark.parametrize(
     ("edit", "stale"),
-    [(None, False), ("read", True), ("__getitem__", True), ("random_augmentation", False)],
+    [
+        (None, False),
+        ("read", True),
+        ("__getitem__", True),
+        ("random_augmentation", False),
+        ("model", False),
+    ],
 )
 def test_a_dataset_edit_makes_the_pack_stale_but_for_the_augmentation(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit: str | None, stale: bool
@@ -438,10 +456,23 @@ def test_a_dataset_edit_makes_the_pack_stale_but_for_the_augmentation(
     edited = edited_dataset_class(tmp_path, monkeypatch, name, edit)
     partition, _ = load_partition(tiny_data)
     expected = (
-        f"{tiny_data / PACKED} was packed by another version of Dataset in {name}.py than the"
-        " one there now"
+        f"{tiny_data / PACKED} was packed by other code for reading a sample than {name}.py has now"
     )
     assert packed_is_stale(tiny_data, partition, edited) == (expected if stale else None)
+
+
+def test_an_edit_of_a_helper_that_read_calls_makes_the_pack_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """How a sample is read can live beside the class, in a function of my_classes.py."""
+    helper = "\n\ndef scale(X: torch.Tensor) -> torch.Tensor:\n    return X * {}\n"
+    one, thousand = (
+        code_fingerprint(
+            edited_dataset_class(tmp_path, monkeypatch, f"scale_{n}", "helper", helper.format(n))
+        )
+        for n in (1, 1000)
+    )
+    assert one != thousand
 
 
 def test_a_pack_made_before_read_was_edited_is_never_used(tiny_data: Path, tmp_path: Path) -> None:
@@ -469,8 +500,8 @@ def test_a_pack_made_before_read_was_edited_is_never_used(tiny_data: Path, tmp_p
     auto = run("pytorch_script.py", *flags, "--no-tensorboard")
     assert auto.returncode == 0, auto.stderr
     stale = (
-        f"{tiny_data / PACKED} was packed by another version of Dataset in my_classes.py than"
-        " the one there now"
+        f"{tiny_data / PACKED} was packed by other code for reading a sample than my_classes.py"
+        " has now"
     )
     data_lines = [line for line in auto.stdout.splitlines() if line.startswith("data: ")]
     assert data_lines == [f"data: {tiny_data}/<ID>.pt ({stale}; `python pack_data.py` updates it)"]

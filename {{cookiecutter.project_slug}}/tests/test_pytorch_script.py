@@ -1,6 +1,7 @@
 import csv
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -258,15 +259,33 @@ def test_settings_json_records_the_flags(tiny_data: Path, tmp_path: Path) -> Non
     runs_dir = tmp_path / "runs"
     flags = ["--max-epochs", "1", "--lr", "0.002", "--seed", "7", "--no-shuffle"]
     assert script(tiny_data, runs_dir, *flags) == 0
-    settings = json.loads((runs_dir / "run-1" / "settings.json").read_text())
+    [settings] = json.loads((runs_dir / "run-1" / "settings.json").read_text())
     assert (settings["lr"], settings["seed"], settings["shuffle"]) == (0.002, 7, False)
     assert (settings["max_epochs"], settings["batch_size"], settings["resume"]) == (1, 32, None)
     assert settings["data_dir"] == str(tiny_data) and settings["device"] == "cpu"
     assert settings["run_dir"] == str(runs_dir / "run-1")
-    # A resumed run records its own flags.
+    assert (settings["input_shape"], settings["num_classes"]) == ([1, 8, 8], 4)
+    # A resumed run adds its own flags: the first start's stay.
     assert script(tiny_data, runs_dir, "--max-epochs", "2", "--resume", "--lr", "0.01") == 0
-    settings = json.loads((runs_dir / "run-1" / "settings.json").read_text())
-    assert (settings["lr"], settings["max_epochs"], settings["resume"]) == (0.01, 2, "")
+    first, resumed = json.loads((runs_dir / "run-1" / "settings.json").read_text())
+    assert first == settings
+    assert (resumed["lr"], resumed["max_epochs"], resumed["resume"]) == (0.01, 2, "")
+
+
+def test_resuming_from_other_data_than_the_run_started_with_says_so(
+    tiny_data: Path, tmp_path: Path, capsys
+) -> None:
+    runs_dir = tmp_path / "runs"
+    assert script(tiny_data, runs_dir, "--max-epochs", "1", "--run-name", "mine") == 0
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(tiny_data, elsewhere)
+    assert script(elsewhere, runs_dir, "--max-epochs", "2", "--resume", "mine") == 0
+    out = capsys.readouterr().out
+    assert f"starting {runs_dir / 'mine'}" in out
+    assert (
+        f"warning: {runs_dir / 'mine'} was started with --data-dir {tiny_data}; this run reads"
+        f" {elsewhere}"
+    ) in out
 
 
 def test_dry_run_writes_no_run_directory(tiny_data: Path, tmp_path: Path) -> None:
