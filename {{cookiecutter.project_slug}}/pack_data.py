@@ -1,12 +1,12 @@
-"""Pack what the project's Dataset reads for each ID into one memory-mapped array per split.
+"""Pack what the project's Dataset returns for each sample into memory-mapped arrays per split.
 
-    python pack_data.py              # data/packed/{train,validation}/X.npy
+    python pack_data.py              # data/packed/{train,validation}/{X,y}.npy
     python pytorch_script.py         # then reads data/packed, and says so
 
-Each sample is what my_classes.Dataset.read(ID) returns; random_augmentation still runs on
-every read. The per-file data stays as it is. pytorch_script.py uses the packed copy only
-while data/ holds exactly the files it was packed from and the Dataset class reads them as it
-did then: after changing either, run pack_data.py again.
+Each sample is what my_classes.Dataset returns for it, but for random_augmentation, which
+still runs on every read. The per-file data stays as it is. pytorch_script.py uses the packed
+copy only while data/ holds exactly the files it was packed from and my_classes.py makes a
+sample as it did then: after changing either, run pack_data.py again.
 """
 
 import json
@@ -24,42 +24,43 @@ from tqdm import tqdm
 
 from my_classes import Dataset
 from plumbing.cli import parser
-from plumbing.data import SPLITS, load_partition
+from plumbing.data import SPLITS, like_first, load_partition
 from plumbing.errors import DataError
 from plumbing.files import atomic_write_text
 from plumbing.packed import FINGERPRINT, PACKED, fingerprint, packed_is_stale
 
 
-def pack_split(dataset: Dataset, out_dir: Path, like: torch.Tensor) -> None:
-    """Stream dataset.read(ID) of each ID into out_dir/X.npy, one at a time; each must look
-    like `like`."""
+def pack_split(dataset: Dataset, out_dir: Path, first: tuple[str, torch.Size, torch.dtype]) -> None:
+    """Stream dataset[i] of every sample, as training reads it but for random_augmentation, into
+    out_dir/X.npy and out_dir/y.npy, one sample at a time; each must be like `first`, the
+    first training sample (ID, shape, dtype)."""
+    _, shape, dtype = first
     try:
-        dtype = torch.empty(0, dtype=like.dtype).numpy().dtype
+        np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
     except TypeError:
         raise DataError(
-            f"samples of dtype {like.dtype} cannot be packed: NumPy has no such dtype"
+            f"samples of dtype {dtype} cannot be packed: NumPy has no such dtype"
         ) from None
     out_dir.mkdir(parents=True)
     # open_memmap writes the .npy header, then the rows go straight to the file: the split is
     # never in memory all at once.
     X = np.lib.format.open_memmap(
-        out_dir / "X.npy", mode="w+", dtype=dtype, shape=(len(dataset), *like.shape)
+        out_dir / "X.npy", mode="w+", dtype=np_dtype, shape=(len(dataset), *shape)
     )
-    IDs = dataset.list_IDs
-    progress = tqdm(IDs, desc=f"packing {out_dir.name}", unit="sample", leave=False, disable=None)
+    y = np.empty(len(dataset), dtype=np.int64)
+    progress = tqdm(
+        range(len(dataset)), desc=f"packing {out_dir.name}", unit="sample", leave=False,
+        disable=None,
+    )  # fmt: skip
     try:
-        for i, ID in enumerate(progress):
-            sample = dataset.read(ID)
-            if sample.shape != like.shape or sample.dtype != like.dtype:
-                raise DataError(
-                    f"sample {ID!r} is {sample.dtype} of shape {tuple(sample.shape)}, but the"
-                    f" first training sample is {like.dtype} of shape {tuple(like.shape)}:"
-                    " all samples must match to be packed"
-                )
-            X[i] = sample.numpy()
+        for i in progress:
+            sample, label = dataset[i]
+            like_first(sample, dataset.list_IDs[i], first)  # a split must match the other too
+            X[i], y[i] = sample.numpy(), label
         X.flush()
     finally:
         del X  # unmapped, so that the directory can be removed on failure (Windows)
+    np.save(out_dir / "y.npy", y)
 
 
 def remove_what_killed_runs_left(data_dir: Path) -> None:
@@ -84,8 +85,10 @@ def pack(data_dir: Path) -> Path:
     partition, labels = load_partition(data_dir)
     # Taken before reading the samples: a change made during packing shows as a stale pack.
     packed_from = fingerprint(data_dir, partition, Dataset)
+    # As training reads them, without random_augmentation (augment stays off)
     datasets = {split: Dataset(partition[split], labels, data_dir) for split in SPLITS}
-    like = datasets["train"].read(partition["train"][0])
+    like, _ = datasets["train"][0]
+    first = (partition["train"][0], like.shape, like.dtype)
     needed = sum(len(IDs) for IDs in partition.values()) * like.element_size() * like.numel()
     free = shutil.disk_usage(data_dir).free
     if needed > free:  # a memory-mapped write to a full disk kills the process without a word
@@ -103,7 +106,7 @@ def pack(data_dir: Path) -> Path:
     tmp.chmod(0o755)  # mkdtemp makes it private; the packed data is shared like data/
     try:
         for split in SPLITS:
-            pack_split(datasets[split], tmp / split, like)
+            pack_split(datasets[split], tmp / split, first)
         atomic_write_text(tmp / FINGERPRINT, json.dumps(packed_from) + "\n")
         if packed.exists():
             packed.rename(old)

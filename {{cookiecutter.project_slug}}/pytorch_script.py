@@ -48,10 +48,11 @@ def run(args: argparse.Namespace) -> None:
     }
     max_epochs = args.max_epochs
 
-    # Datasets
+    # Datasets (each reads its first sample now: within --loader-timeout)
     partition, labels = load_partition(args.data_dir)  # {'train': [IDs], ...}, {ID: class}
-    training_set = Dataset(partition["train"], labels, args.data_dir, augment=True)
-    validation_set = Dataset(partition["validation"], labels, args.data_dir)
+    with loader.deadline(args.loader_timeout):
+        training_set = Dataset(partition["train"], labels, args.data_dir, augment=True)
+        validation_set = Dataset(partition["validation"], labels, args.data_dir)
     # pack_data.py's copy of what they read, while it is current: batched reads, same samples
     training_set, validation_set = packed.choose(
         args.data_format, args.data_dir, partition, (training_set, validation_set), distributed.say
@@ -97,6 +98,7 @@ def fit(
         for epoch in range(start_epoch, max_epochs + 1):
             start = time.perf_counter()
             training_generator.sampler.set_epoch(epoch)  # a new order, the same on every rank
+            loader.seed_epoch(args.seed, epoch)  # what this epoch draws, resumed or not
 
             # Training
             train_loss, data_wait = train(

@@ -67,7 +67,13 @@ def exit_status(run: Callable[[argparse.Namespace], None], args: argparse.Namesp
     from plumbing.loader import LoaderTimeout, loader_failure
 
     try:
-        run(args)
+        try:
+            run(args)
+        finally:  # a run that stopped before it wrote anything leaves no directory
+            run_dir = getattr(args, "run_dir", None)
+            for directory in (run_dir, run_dir.parent) if run_dir else ():
+                if directory.is_dir() and not any(directory.iterdir()):
+                    directory.rmdir()
     except (*ONE_LINE, OSError, RuntimeError, LoaderTimeout, KeyboardInterrupt) as err:
         message = loader_failure(err, args)
         if isinstance(err, RuntimeError) and message is None:

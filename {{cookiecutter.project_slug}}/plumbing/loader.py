@@ -149,14 +149,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def epoch_seed(seed: int, epoch: int, worker_id: int) -> int:
-    return int(np.random.SeedSequence([seed % 2**63, epoch, worker_id]).generate_state(1)[0])
+def epoch_seed(seed: int, epoch: int, worker: int) -> int:
+    """The seed of one process for one epoch: this rank's main process (worker 0) or one of
+    its DataLoader workers (1, 2, ...). Ranks and workers draw apart; runs repeat."""
+    key = [seed % 2**63, epoch, distributed.rank(), worker]
+    return int(np.random.SeedSequence(key).generate_state(1)[0])
+
+
+def seed_epoch(seed: int, epoch: int) -> None:
+    """Seed this process for an epoch: what it draws (random augmentation with --num-workers 0,
+    dropout) is then a function of the seed, the epoch and the rank, resumed or not."""
+    seed_everything(epoch_seed(seed, epoch, worker=0))
 
 
 def init_worker(seed: int, epoch: torch.Tensor, worker_id: int) -> None:
     """In each DataLoader worker. Persistent workers live for the whole run, so a seed drawn
     once would make a resumed run replay the random draws of its first epoch: the worker seeds
-    itself again when an epoch starts, from (--seed, epoch, worker), before its first batch."""
+    itself again when an epoch starts, from (--seed, epoch, rank, worker), before its first
+    batch."""
     dataset = torch.utils.data.get_worker_info().dataset
     fetch = getattr(dataset, "__getitems__", None)
     seeded_for = [None]
@@ -165,7 +175,7 @@ def init_worker(seed: int, epoch: torch.Tensor, worker_id: int) -> None:
         now = int(epoch)
         if now != seeded_for[0]:
             seeded_for[0] = now
-            seed_everything(epoch_seed(seed, now, worker_id))
+            seed_everything(epoch_seed(seed, now, worker_id + 1))
         return fetch(indices) if fetch else [dataset[i] for i in indices]
 
     dataset.__getitems__ = __getitems__  # DataLoader's fetcher calls this, if the dataset has it

@@ -1,5 +1,5 @@
-"""pack_data.py's copy of the data: what the project's Dataset reads for each ID, in one
-memory-mapped array per split, read a whole batch at a time. A cache, trusted only while it
+"""pack_data.py's copy of the data: what the project's Dataset returns for each sample, in
+memory-mapped arrays per split, read a whole batch at a time. A cache, trusted only while it
 holds what the Dataset would read now."""
 
 import ast
@@ -16,13 +16,14 @@ import torch
 from plumbing.data import SPLITS, load_sample
 from plumbing.errors import DataError
 
-PACKED = "packed"  # data/packed/<split>/X.npy
+PACKED = "packed"  # data/packed/<split>/{X,y}.npy
 FINGERPRINT = "fingerprint.json"  # data/packed/fingerprint.json: what it was packed from
 
 
 class PackedDataset(torch.utils.data.Dataset):
-    """dataset's samples as dataset.read() returned them when packed, from split_dir/X.npy;
-    dataset's labels, and its random_augmentation on every read, as from the files.
+    """dataset's samples and labels as dataset[i] returned them when packed (without
+    augmentation), from split_dir/X.npy and y.npy; and dataset's random_augmentation on every
+    read of a training sample, as from the files.
 
     X.npy holds every sample of the split in one memory-mapped array, so a batch is one read of
     the rows it needs instead of one file per sample: __getitems__ returns it already stacked,
@@ -33,13 +34,19 @@ class PackedDataset(torch.utils.data.Dataset):
         self.dataset, self.split_dir = dataset, Path(split_dir)
         # allow_pickle stays False: this file holds an array only, never code. The samples stay
         # on disk (mmap, copy-on-write so torch can wrap them; nothing writes to them).
-        self.X = torch.from_numpy(np.load(self.split_dir / "X.npy", mmap_mode="c"))
-        self.labels = torch.from_numpy(dataset.labels)
-        self.augment = dataset.augment and not returns_its_input(dataset.random_augmentation)
-        if len(self.X) != len(self.labels):
+        try:
+            self.X = torch.from_numpy(np.load(self.split_dir / "X.npy", mmap_mode="c"))
+            self.labels = torch.from_numpy(np.load(self.split_dir / "y.npy"))
+        except (OSError, ValueError) as err:  # missing, truncated, not an array
             raise DataError(
-                f"{self.split_dir}/X.npy holds {len(self.X)} samples, the split"
-                f" {len(self.labels)}: run pack_data.py"
+                f"{self.split_dir}: cannot read the packed data ({err}): run"
+                " `python pack_data.py --force`"
+            ) from None
+        self.augment = dataset.augment and not returns_its_input(dataset.random_augmentation)
+        if not len(self.X) == len(self.labels) == len(dataset):
+            raise DataError(
+                f"{self.split_dir} holds {len(self.X)} samples and {len(self.labels)} labels,"
+                f" the split {len(dataset)}: run `python pack_data.py --force`"
             )
 
     def __len__(self) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from plumbing import checkpoints
+from plumbing import checkpoints, distributed
 from plumbing.errors import CheckpointError
 from plumbing.files import atomic_write_text
 
@@ -27,7 +27,18 @@ def start(
     if args.dry_run:
         args.run_dir = None
         return 1, float("-inf")
-    args.run_dir, resuming = choose(args.runs_dir, args.run_name, args.resume)
+    # Rank 0 chooses (and takes) the directory; under torchrun every other rank follows it.
+    decision = None
+    if distributed.rank() == 0:
+        try:
+            run_dir, resuming = choose(args.runs_dir, args.run_name, args.resume)
+            decision = (str(run_dir), resuming)
+        except CheckpointError as err:
+            decision = str(err)
+    decision = distributed.from_rank_0(decision)
+    if isinstance(decision, str):
+        raise CheckpointError(decision)
+    args.run_dir, resuming = Path(decision[0]), decision[1]
     if not resuming:
         nothing = "nothing to resume yet: " if args.resume is not None else ""
         say(f"{nothing}starting {args.run_dir}")
@@ -37,6 +48,11 @@ def start(
         say(f"warning: {args.run_dir} was started with --data-dir {data_dir}; this run reads"
             f" {args.data_dir}")  # fmt: skip
     last = args.run_dir / "last.pt"
+    if not last.exists():  # a rank on another machine, whose --runs-dir is not rank 0's
+        raise CheckpointError(
+            f"{last} not found here, where rank 0 resumes from it: give every machine one"
+            " --runs-dir, on a file system they share"
+        )
     start_epoch, best_score = checkpoints.resume(
         last, model, optimizer, scaler, args.input_shape, args.num_classes, args.device
     )
@@ -45,42 +61,61 @@ def start(
 
 
 def choose(runs_dir: Path, run_name: str | None, resume: str | None) -> tuple[Path, bool]:
-    """The run's directory, and whether to go on from its last.pt. resume: None without
-    --resume, '' for the latest run (or --run-name), else the run named."""
+    """The run's directory, made now so that no other run takes it, and whether to go on from
+    its last.pt. resume: None without --resume, '' for the latest run (or --run-name), else
+    the run named."""
     if resume is not None:
         if resume and run_name and resume != run_name:
             raise CheckpointError(
                 f"--resume {resume} and --run-name {run_name} name two runs: give one"
             )
-        name = resume or run_name or latest(runs_dir) or next_name(runs_dir)
-        if (runs_dir / name / "last.pt").exists():
+        name = resume or run_name or latest(runs_dir)
+        if name and (runs_dir / name / "last.pt").exists():
             return runs_dir / name, True
         # Nothing to go on from yet (a first start, or one stopped before its first checkpoint):
         # start it, so that a requeued job can always pass --resume.
-        if not only_what_a_run_writes(runs_dir / name):
-            raise CheckpointError(
-                f"{runs_dir / name} holds files of no run and no last.pt: choose another run name"
-            )
-        return runs_dir / name, False
-    name = run_name or next_name(runs_dir)
-    if (runs_dir / name).exists():
+        if name and (runs_dir / name).exists():
+            if not only_what_a_run_writes(runs_dir / name):
+                raise CheckpointError(
+                    f"{runs_dir / name} has no last.pt, and holds more than a run stopped"
+                    " before its first checkpoint: choose another run name"
+                )
+            return runs_dir / name, False
+    elif run_name and (runs_dir / run_name).exists():
         raise CheckpointError(
-            f"{runs_dir / name} holds an earlier run: --resume {name} goes on with it,"
+            f"{runs_dir / run_name} holds an earlier run: --resume {run_name} goes on with it,"
             " --run-name NAME starts a new one beside it"
         )
-    return runs_dir / name, False
+    else:
+        name = run_name
+    while True:
+        run_dir = runs_dir / (name or next_name(runs_dir))
+        try:
+            run_dir.mkdir(parents=True)
+            return run_dir, False
+        except FileExistsError:  # another run took it a moment ago
+            if name:
+                raise CheckpointError(
+                    f"{run_dir} was taken by another run a moment ago: choose another run name"
+                ) from None
 
 
 def only_what_a_run_writes(run_dir: Path) -> bool:
-    """Whether run_dir is missing, or holds only files that a run writes (which a run that
-    starts over rewrites): not a directory of something else."""
-    if not run_dir.exists():
-        return True
-    return run_dir.is_dir() and all(
-        path.name in ("metrics.csv", "settings.json", "best.pt")
-        or path.name.startswith(("events.out.tfevents.", ".last.pt.", ".best.pt."))
-        for path in run_dir.iterdir()
-    )
+    """Whether run_dir holds no more than a run that stopped before its first checkpoint
+    writes (settings.json, TensorBoard events, a metrics.csv of at most its first epoch), which
+    a run that starts over may replace: not a run with checkpoints, nor something else."""
+    if not run_dir.is_dir():
+        return False
+    for path in run_dir.iterdir():
+        if path.name == "metrics.csv":
+            if len(path.read_text(encoding="utf-8", errors="replace").splitlines()) > 2:
+                return False
+        elif not (
+            path.name == "settings.json"
+            or path.name.startswith(("events.out.tfevents.", ".last.pt.", ".best.pt."))
+        ):
+            return False
+    return True
 
 
 def latest(runs_dir: Path) -> str | None:

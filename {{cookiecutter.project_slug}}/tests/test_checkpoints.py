@@ -197,7 +197,28 @@ def test_a_directory_of_something_else_is_never_taken_for_a_run(
     assert train(tiny_data, run_dir, "--resume", "--num-workers", "0") == 1
 
     assert capsys.readouterr().err == (
-        f"error: {run_dir} holds files of no run and no last.pt: choose another run name\n"
+        f"error: {run_dir} has no last.pt, and holds more than a run stopped before its first"
+        " checkpoint: choose another run name\n"
+    )
+    assert snapshot(run_dir) == before
+
+
+def test_a_run_whose_last_pt_is_gone_is_never_started_over(
+    tiny_data: Path, tmp_path: Path, capsys
+) -> None:
+    """Its best.pt and metrics of several epochs stay: --resume, as a requeued job passes it,
+    refuses rather than start that run again over them."""
+    run_dir = tmp_path / "runs" / "run-1"
+    assert train(tiny_data, run_dir, "--num-workers", "0", "--max-epochs", "2") == 0
+    (run_dir / "last.pt").unlink()
+    before = snapshot(run_dir)
+    capsys.readouterr()
+
+    assert train(tiny_data, run_dir, "--resume", "--num-workers", "0", "--max-epochs", "3") == 1
+
+    assert capsys.readouterr().err == (
+        f"error: {run_dir} has no last.pt, and holds more than a run stopped before its first"
+        " checkpoint: choose another run name\n"
     )
     assert snapshot(run_dir) == before
 

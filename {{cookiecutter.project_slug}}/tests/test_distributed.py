@@ -78,6 +78,14 @@ def test_two_ranks_learn_and_report_what_one_process_measures(
     assert again.returncode == 0, again.stdout + again.stderr
     assert sorted(p.name for p in runs_dir.iterdir()) == ["run-1", "run-2"]
     assert (runs_dir / "run-2" / "last.pt").exists()
+    # And --resume of the first, as a requeued job: rank 0 chooses, every rank goes on.
+    resumed = torchrun(
+        "--data-dir", str(odd_data), "--runs-dir", str(runs_dir), "--max-epochs", "5",
+        "--num-workers", "0", "--batch-size", "16", "--resume", "run-1",
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert resumed.stdout.count(f"resuming {runs_dir / 'run-1'} after epoch 4") == 1
+    assert torch.load(runs_dir / "run-1" / "last.pt", weights_only=True)["epoch"] == 5
 
     # One process, the same weights, every validation sample once.
     partition, labels = load_partition(odd_data)

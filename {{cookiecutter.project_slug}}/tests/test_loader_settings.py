@@ -270,3 +270,23 @@ def test_workers_keep_quiet_about_a_batch_cut_off_by_ctrl_c(
     err = capsys.readouterr().err
     assert "[Errno 104] reset" not in err and "[Errno 32] pipe" not in err
     assert "ValueError" in err and "in a thread of the user's own" in err
+
+
+def test_ranks_and_workers_draw_apart_and_every_epoch_anew(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torchrun each rank augments its own way: the same flips on every GPU would waste
+    the augmentation. Each seed is still a function of the seed, the epoch, the rank and the
+    process, so a resumed run draws what an uninterrupted one draws."""
+    seeds = set()
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        for epoch in (1, 2):
+            for worker in (0, 1, 2):
+                seeds.add(loader.epoch_seed(7, epoch, worker))
+                assert loader.epoch_seed(7, epoch, worker) == loader.epoch_seed(7, epoch, worker)
+    assert len(seeds) == 2 * 2 * 3
+    monkeypatch.setenv("RANK", "1")
+    loader.seed_epoch(7, 3)
+    first = torch.rand(3)
+    monkeypatch.setenv("RANK", "0")
+    loader.seed_epoch(7, 3)
+    assert not torch.equal(first, torch.rand(3))

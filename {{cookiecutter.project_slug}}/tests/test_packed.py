@@ -22,7 +22,13 @@ from plumbing import packed as packed_module
 from plumbing.data import SPLITS, load_partition
 from plumbing.errors import DataError
 from plumbing.loader import make
-from plumbing.packed import FINGERPRINT, PACKED, PackedDataset, code_fingerprint, packed_is_stale
+from plumbing.packed import (
+    FINGERPRINT,
+    PACKED,
+    PackedDataset,
+    code_fingerprint,
+    packed_is_stale,
+)
 
 
 def loader(
@@ -45,7 +51,7 @@ def test_packed_samples_are_bitwise_the_per_file_samples(tiny_data: Path) -> Non
     assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
     assert sorted(
         p.relative_to(tiny_data / PACKED).as_posix() for p in (tiny_data / PACKED).rglob("*.*")
-    ) == [FINGERPRINT, "train/X.npy", "validation/X.npy"]
+    ) == [FINGERPRINT, "train/X.npy", "train/y.npy", "validation/X.npy", "validation/y.npy"]
     partition, _ = load_partition(tiny_data)
     for name in SPLITS:
         files, packed = split(tiny_data, name)
@@ -128,7 +134,7 @@ def test_a_copy_that_keeps_old_timestamps_makes_the_pack_stale(tiny_data: Path) 
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        (torch.zeros(1, 8, 9), "is torch.float32 of shape (1, 8, 9), but the first"),
+        (torch.zeros(1, 8, 9), "is torch.float32 of shape (1, 8, 9), but sample"),
         (torch.zeros(1, 8, 8, dtype=torch.float64), "is torch.float64 of shape (1, 8, 8)"),
     ],
 )
@@ -264,8 +270,44 @@ def test_a_pack_of_another_length_than_its_split_is_refused(tiny_data: Path) -> 
     assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
     partition, labels = load_partition(tiny_data)
     fewer = Dataset(partition["train"][:10], labels, tiny_data)
-    with pytest.raises(DataError, match="train/X.npy holds 192 samples, the split 10: run pack"):
+    with pytest.raises(DataError, match="train holds 192 samples and 192 labels, the split 10"):
         PackedDataset(fewer, tiny_data / PACKED / "train")
+
+
+@pytest.mark.parametrize("num_workers", ["0", "2"])
+def test_a_damaged_pack_is_named_in_one_line(
+    tiny_data: Path, tmp_path: Path, capsys, num_workers: str
+) -> None:
+    """Cut short (a full disk, a copy that stopped): the fingerprint, which covers data/, still
+    matches; reading the pack fails, in one line."""
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    X = tiny_data / PACKED / "train" / "X.npy"
+    X.write_bytes(X.read_bytes()[: X.stat().st_size // 2])
+    capsys.readouterr()
+    flags = ["--data-format", "packed", "--num-workers", num_workers]
+    assert train(tiny_data, tmp_path / "runs" / "run-1", *flags) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tiny_data / PACKED / 'train'}: cannot read the packed data (")
+    assert err.endswith("): run `python pack_data.py --force`\n") and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_an_edit_of_getitem_is_packed_with_the_samples(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Packing stores what __getitem__ returns, not only what read() does: an edit there (the
+    labels folded into two classes) comes back from the pack as from the files."""
+    edited = edited_dataset_class(tmp_path, monkeypatch, "my_classes_two_classes", "__getitem__")
+    monkeypatch.setattr(pack_data, "Dataset", edited)
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    partition, labels = load_partition(tiny_data)
+    assert packed_is_stale(tiny_data, partition, edited) is None
+    files = edited(partition["train"], labels, tiny_data)
+    packed = PackedDataset(files, tiny_data / PACKED / "train")
+    X, y = packed.__getitems__(list(range(len(files))))
+    assert y.tolist() == [files[i][1] for i in range(len(files))]
+    assert set(y.tolist()) == {0, 1} and max(labels.values()) == 3  # the edit took effect
+    assert torch.equal(X, torch.stack([files[i][0] for i in range(len(files))]))
 
 
 class Recorded(Dataset):

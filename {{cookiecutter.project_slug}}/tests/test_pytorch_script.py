@@ -12,7 +12,7 @@ import torch
 import my_classes
 import pytorch_script
 from conftest import snapshot, train
-from plumbing import cli
+from plumbing import cli, runs
 from plumbing.data import load_partition
 
 
@@ -319,3 +319,23 @@ def test_workers_started_with_spawn_or_forkserver_train(
     assert result.returncode == 0, result.stderr
     assert "epoch 2/2" in result.stdout and "num_workers 2" in result.stdout
     assert len(read_metrics(tmp_path / "runs" / "run-1")) == 2
+
+
+def test_two_runs_started_together_take_two_directories(tmp_path: Path) -> None:
+    """The name is taken when a run starts, not when its first epoch ends."""
+    runs_dir = tmp_path / "runs"
+    first, _ = runs.choose(runs_dir, None, None)
+    second, _ = runs.choose(runs_dir, None, None)
+    assert (first.name, second.name) == ("run-1", "run-2")
+    assert first.is_dir() and second.is_dir()
+
+
+def test_a_run_that_fails_before_its_first_epoch_leaves_no_directory(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    runs_dir = tmp_path / "runs"
+    assert script(tiny_data, runs_dir, "--batch-size", "1000") == 1  # more than the split
+    partition, _ = load_partition(tiny_data)
+    (tiny_data / f"{partition['train'][5]}.pt").write_bytes(b"no tensor")  # fails in epoch 1
+    assert script(tiny_data, runs_dir, "--max-epochs", "1") == 1
+    assert not runs_dir.exists() or list(runs_dir.iterdir()) == []
