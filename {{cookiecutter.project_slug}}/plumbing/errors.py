@@ -1,6 +1,7 @@
 """The errors a run reports in one line, named for what failed, and the wording they share."""
 
 import argparse
+import contextlib
 import errno
 import os
 import shutil
@@ -71,9 +72,10 @@ def exit_status(run: Callable[[argparse.Namespace], None], args: argparse.Namesp
             run(args)
         finally:  # a run that stopped before it wrote anything leaves no directory
             run_dir = getattr(args, "run_dir", None)
-            for directory in (run_dir, run_dir.parent) if run_dir else ():
-                if directory.is_dir() and not any(directory.iterdir()):
-                    directory.rmdir()
+            if run_dir is not None and distributed.rank() == 0:  # rank 0 made it
+                for directory in (run_dir, run_dir.parent):
+                    with contextlib.suppress(OSError):  # not empty: it stays
+                        directory.rmdir()
     except (*ONE_LINE, OSError, RuntimeError, LoaderTimeout, KeyboardInterrupt) as err:
         message = loader_failure(err, args)
         if isinstance(err, RuntimeError) and message is None:
