@@ -32,7 +32,7 @@ def test_ci_runs_the_readmes_test_command() -> None:
     steps = workflow["jobs"]["template"]["steps"]
     assert test_command in [step.get("run") for step in steps]
     matrix = workflow["jobs"]["template"]["strategy"]["matrix"]
-    assert matrix["python-version"] == ["3.10", "3.11", "3.12", "3.13"]
+    assert matrix["python-version"] == ["3.10", "3.11", "3.12", "3.13", "3.14"]
     assert matrix["os"] == ["ubuntu-latest", "macos-latest", "windows-latest"]
 
 
