@@ -148,6 +148,31 @@ def test_the_draws_of_an_epoch_depend_only_on_seed_epoch_and_worker(tiny_data: P
     assert not torch.equal(epoch_draws(make(2, seed=8, dataset=training_set), 3), draws[2])
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_workers_started_anew_also_seed_themselves_for_each_epoch(
+    tiny_data: Path, start_method: str
+) -> None:
+    """macOS, Windows and Python 3.14 start workers with spawn or forkserver: the epoch reaches
+    them in shared memory all the same."""
+    if start_method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"{start_method} is not available on {sys.platform}")
+    partition, labels = load_partition(tiny_data)
+    training_set = RandomlyAugmented(partition["train"], labels, tiny_data, augment=True)
+    params = {"batch_size": 32, "shuffle": True, "num_workers": 2}
+    args = argparse.Namespace(seed=7, prefetch_factor=2, loader_timeout=0)
+
+    def started(how: str) -> torch.utils.data.DataLoader:
+        return loader.make(training_set, params, args, CPU, multiprocessing_context=how)
+
+    uninterrupted = started(start_method)
+    draws = [epoch_draws(uninterrupted, epoch) for epoch in (1, 2)]
+    assert torch.equal(epoch_draws(started(start_method), 2), draws[1])
+    assert not torch.equal(draws[0], draws[1])
+    if "fork" in multiprocessing.get_all_start_methods():  # whichever start method
+        assert torch.equal(epoch_draws(started("fork"), 2), draws[1])
+
+
 def test_a_slow_loader_is_reported_as_data_bound(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
