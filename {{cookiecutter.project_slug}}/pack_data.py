@@ -80,11 +80,14 @@ def remove_what_killed_runs_left(data_dir: Path) -> None:
                 pass
 
 
-def pack(data_dir: Path) -> Path:
-    """Write data_dir/packed beside it and swap it in whole; returns its path."""
+def pack(data_dir: Path, force: bool = False) -> Path | None:
+    """Write data_dir/packed beside it and swap it in whole; returns its path, or None when it
+    was up to date already (unless force)."""
     partition, labels = load_partition(data_dir)
     # Taken before reading the samples: a change made during packing shows as a stale pack.
     packed_from = fingerprint(data_dir, partition, Dataset)
+    if not force and packed_is_stale(data_dir, partition, Dataset, now=packed_from) is None:
+        return None
     # As training reads them, without random_augmentation (augment stays off)
     datasets = {split: Dataset(partition[split], labels, data_dir) for split in SPLITS}
     like, _ = datasets["train"][0]
@@ -129,17 +132,13 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     try:
-        if not args.force:
-            partition, _ = load_partition(args.data_dir)
-            if packed_is_stale(args.data_dir, partition, Dataset) is None:
-                print(
-                    f"{args.data_dir / PACKED} is up to date; nothing to do (--force packs anyway)"
-                )
-                return 0
-        packed = pack(args.data_dir)
+        packed = pack(args.data_dir, args.force)
     except (DataError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    if packed is None:
+        print(f"{args.data_dir / PACKED} is up to date; nothing to do (--force packs anyway)")
+        return 0
     size = sum(path.stat().st_size for path in packed.rglob("*.npy")) / 1e6
     print(
         f"Packed {args.data_dir} into {packed} ({size:.0f} MB)"

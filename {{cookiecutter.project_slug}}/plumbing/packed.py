@@ -156,10 +156,13 @@ def fingerprint(data_dir: Path, partition: dict[str, list[str]], dataset_class: 
 
 
 def packed_is_stale(
-    data_dir: str | Path, partition: dict[str, list[str]], dataset_class: type
+    data_dir: str | Path,
+    partition: dict[str, list[str]],
+    dataset_class: type,
+    now: dict | None = None,
 ) -> str | None:
     """Why data_dir/packed cannot stand in for what dataset_class reads from data_dir now, or
-    None when it can."""
+    None when it can. now: the fingerprint of data_dir, if the caller has it already."""
     data_dir = Path(data_dir)
     packed = data_dir / PACKED
     try:
@@ -168,10 +171,11 @@ def packed_is_stale(
         return f"no packed data in {packed}"
     except (OSError, ValueError):
         packed_from = {}
-    try:
-        now = fingerprint(data_dir, partition, dataset_class)
-    except OSError:
-        now = {}
+    if now is None:
+        try:
+            now = fingerprint(data_dir, partition, dataset_class)
+        except OSError:
+            now = {}
     if not isinstance(packed_from, dict) or packed_from.get("data") != now.get("data"):
         return f"{packed} was packed from other files than {data_dir} holds now"
     if packed_from.get("code") != now.get("code"):
