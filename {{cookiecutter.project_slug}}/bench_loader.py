@@ -32,19 +32,25 @@ from plumbing.loader import usable_cpus
 from plumbing.packed import PACKED, PackedDataset, packed_is_stale
 
 
-def training_set(data_dir: Path, data_format: str, max_samples: int) -> torch.utils.data.Dataset:
-    """The training split in this format, as training reads it, cut to its first max_samples."""
+def training_sets(
+    data_dir: Path, formats: list[str], max_samples: int
+) -> tuple[dict[str, torch.utils.data.Dataset], str | None]:
+    """The training split in each of these formats, as training reads it, cut to its first
+    max_samples samples; packed only while the pack is current. Also why it is not, if so."""
     partition, labels = load_partition(data_dir)
-    dataset = Dataset(partition["train"], labels, data_dir, augment=True)
-    if data_format == "packed":
-        stale = packed_is_stale(data_dir, partition, Dataset)
-        if stale:
-            raise DataError(f"{stale}: run `python pack_data.py` first")
-        dataset = PackedDataset(dataset, data_dir / PACKED / "train")
-    if len(dataset) > max_samples:
+    files = Dataset(partition["train"], labels, data_dir, augment=True)
+    datasets = {"files": files}
+    stale = packed_is_stale(data_dir, partition, Dataset) if "packed" in formats else None
+    if "packed" in formats and not stale:
+        datasets["packed"] = PackedDataset(files, data_dir / PACKED / "train")
+    return {
         # Subset passes whole batches on to PackedDataset.__getitems__.
-        dataset = torch.utils.data.Subset(dataset, range(max_samples))
-    return dataset
+        name: torch.utils.data.Subset(dataset, range(max_samples))
+        if len(dataset) > max_samples
+        else dataset
+        for name, dataset in datasets.items()
+        if name in formats
+    }, stale
 
 
 def samples_per_s(
@@ -166,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def measure_one(args: argparse.Namespace, device: torch.device) -> int:
-    dataset = training_set(args.data_dir, args.format, args.max_samples)
+    datasets, stale = training_sets(args.data_dir, [args.format], args.max_samples)
+    if stale:
+        raise DataError(f"{stale}: run `python pack_data.py` first")
+    dataset = datasets[args.format]
     setting = {
         "batch_size": args.batch_size,
         "num_workers": min(args.num_workers, usable_cpus()),
@@ -182,15 +191,10 @@ def measure_one(args: argparse.Namespace, device: torch.device) -> int:
 
 
 def sweep(args: argparse.Namespace, device: torch.device) -> int:
-    formats = ["files"]
-    partition, _ = load_partition(args.data_dir)
-    stale = packed_is_stale(args.data_dir, partition, Dataset)
+    datasets, stale = training_sets(args.data_dir, ["files", "packed"], args.max_samples)
     if stale:
         print(f"packed: not measured ({stale}); `python pack_data.py` adds it")
-    else:
-        formats.append("packed")
-    jobs = [(f, s) for f in formats for s in settings(args.batch_size, device)]
-    datasets = {f: training_set(args.data_dir, f, args.max_samples) for f in formats}
+    jobs = [(f, s) for f in datasets for s in settings(args.batch_size, device)]
     warm_up = {"batch_size": 256, "num_workers": 0, "persistent_workers": False}
     warm_up |= {"prefetch_factor": None, "pin_memory": False}
     for data_format, dataset in datasets.items():  # read everything once: a warm page cache

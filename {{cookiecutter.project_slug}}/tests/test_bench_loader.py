@@ -77,7 +77,9 @@ def test_each_measurement_uses_the_loader_it_names(
         return made[-1]
 
     monkeypatch.setattr(loader, "make", recorded)
-    dataset = bench_loader.training_set(tiny_data, data_format, max_samples=64)
+    datasets, stale = bench_loader.training_sets(tiny_data, [data_format], max_samples=64)
+    assert stale is None and list(datasets) == [data_format]
+    dataset = datasets[data_format]
     assert isinstance(dataset, torch.utils.data.Subset) and len(dataset) == 64
     files = dataset.dataset.dataset if data_format == "packed" else dataset.dataset
     assert isinstance(dataset.dataset, PackedDataset) == (data_format == "packed")
