@@ -4,6 +4,8 @@
     python benchmarks/bake_time.py --repeats 9
 
 Each line: median, min and max seconds over the repeats, each run a fresh process as a user's is.
+Then where the post-gen hook's time goes: its steps timed one after the other in a fresh process,
+as the hook runs them, in a project baked without data.
 """
 
 import argparse
@@ -17,6 +19,33 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# The post-gen hook's steps, as it runs them (hooks/post_gen_project.py), each timed.
+HOOK_STEPS = """
+import json, sys, tempfile, time
+sys.path.insert(0, "")
+times, last = {}, time.perf_counter()
+
+def step(name):
+    global last
+    now = time.perf_counter()
+    times[name], last = now - last, now
+
+import torch
+step("import torch")
+import make_sample_data, pytorch_script
+step("import the project's scripts")
+make_sample_data.main([])
+step("write 1000 sample files")
+import torch._dynamo
+step("import torch._dynamo (torch.optim does)")
+with tempfile.TemporaryDirectory() as runs:
+    argv = ["--max-epochs", "1", "--num-workers", "2", "--runs-dir", runs, "--run-name", "s"]
+    pytorch_script.main(argv)
+step("train one epoch with 2 workers")
+print(json.dumps(times))
+"""
 
 
 def wall_time(command: list[str], cwd: Path) -> float:
@@ -37,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = {
         "python -c 'import torch'": lambda out: [sys.executable, "-c", "import torch"],
         "cookiecutter, no data, no smoke test": lambda out: [
-            *bake, str(out), "create_sample_data=false", "run_smoke_test=false"
+            *bake, str(out), "_create_sample_data=false", "_run_smoke_test=false"
         ],
         "cookiecutter --no-input (defaults)": lambda out: [*bake, str(out)],
     }  # fmt: skip
@@ -56,6 +85,24 @@ def main(argv: list[str] | None = None) -> int:
         medians["python -c 'import torch'"],
     )
     print(f"defaults / import torch: {full / torch_import:.1f}x")
+
+    out = Path(tempfile.mkdtemp())
+    subprocess.run(
+        [*bake, str(out), "_create_sample_data=false", "_run_smoke_test=false"], check=True
+    )
+    steps = []
+    for _ in range(args.repeats):
+        shutil.rmtree(out / "my_pytorch_project" / "data", ignore_errors=True)
+        result = subprocess.run(
+            [sys.executable, "-c", HOOK_STEPS],
+            cwd=out / "my_pytorch_project", check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        steps.append(json.loads(result.stdout.splitlines()[-1]))
+    print("the post-gen hook's steps, in one process; seconds: median (min - max)")
+    for name in steps[0]:
+        times = [step[name] for step in steps]
+        print(f"  {name:40} {statistics.median(times):5.2f} ({min(times):.2f} - {max(times):.2f})")
+    shutil.rmtree(out)
     shutil.rmtree(config.parent)
     return 0
 

@@ -30,7 +30,7 @@ def shown(path: Path) -> str:
     """The path from where the user ran cookiecutter (the shell's PWD), if it is below it."""
     try:
         relative = os.path.relpath(path, os.environ.get("PWD", "/"))
-    except ValueError:  # on Windows, another drive
+    except ValueError:  # pragma: no cover (on Windows only: another drive)
         relative = ".."
     return shlex.quote(str(path) if relative.startswith("..") else relative)
 
@@ -90,7 +90,7 @@ def smoke_test(pytorch_script, run: list[str]) -> float:
 
 
 def data_and_smoke_test() -> int:
-    if not (ANSWERS["create_sample_data"] or ANSWERS["run_smoke_test"]):
+    if not (ANSWERS["_create_sample_data"] or ANSWERS["_run_smoke_test"]):
         return 0
     sys.path.insert(0, str(PROJECT))
     sys.dont_write_bytecode = True  # leave no __pycache__ in the new project
@@ -105,14 +105,14 @@ def data_and_smoke_test() -> int:
         return 0
 
     kept = (PROJECT / "data" / "partition.json").exists()  # regenerated over a project (-f)
-    if ANSWERS["create_sample_data"]:
+    if ANSWERS["_create_sample_data"]:
         if kept:
             print(f"Kept the data already in {PROJECT / 'data'}; no sample data written.")
         elif make_sample_data.main([]) != 0:
             print("error: writing the sample data failed (reason above)", file=sys.stderr)
             return 1
 
-    if ANSWERS["run_smoke_test"]:
+    if ANSWERS["_run_smoke_test"]:
         if not (PROJECT / "data" / "partition.json").exists():
             print(f"No data in {PROJECT / 'data'}, so no smoke test. Once it has data:\n{LATER}")
             return 0
@@ -124,7 +124,7 @@ def data_and_smoke_test() -> int:
             else (["--max-epochs", "1"], "one epoch")
         )
         note = ""
-        if ANSWERS["use_tensorboard"] and importlib.util.find_spec("tensorboard") is None:
+        if ANSWERS["_use_tensorboard"] and importlib.util.find_spec("tensorboard") is None:
             run.append("--no-tensorboard")
             note = " TensorBoard is not installed here: pip install -e . installs it."
         try:
@@ -148,7 +148,7 @@ def data_and_smoke_test() -> int:
 
 def main() -> int:
     code = data_and_smoke_test()
-    if code == 0 and ANSWERS["git_init"]:
+    if code == 0 and ANSWERS["_git_init"]:
         print(git_init())
     return code
 

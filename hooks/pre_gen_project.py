@@ -61,8 +61,8 @@ def check_fraction(value: object) -> str | None:
         fraction = float("nan")
     if not 0 < fraction < 1:
         return "must be a number strictly between 0 and 1, e.g. 0.2"
-    if check_int(ANSWERS["num_samples"], 2) is None:
-        num_samples = int(ANSWERS["num_samples"])
+    if check_int(ANSWERS["_num_samples"], 2) is None:
+        num_samples = int(ANSWERS["_num_samples"])
         if not 0 < round(num_samples * fraction) < num_samples:
             return f"leaves a split of {num_samples} samples empty"
     return None
@@ -70,20 +70,20 @@ def check_fraction(value: object) -> str | None:
 
 def check_batch_size(value: object) -> str | None:
     problem = check_int(value, 1)
-    split = check_int(ANSWERS["num_samples"], 2) or check_fraction(ANSWERS["validation_fraction"])
-    if problem is None and split is None and ANSWERS["create_sample_data"] is True:
-        num_samples = int(ANSWERS["num_samples"])
-        num_train = num_samples - round(num_samples * float(ANSWERS["validation_fraction"]))
+    split = check_int(ANSWERS["_num_samples"], 2) or check_fraction(ANSWERS["_validation_fraction"])
+    if problem is None and split is None and ANSWERS["_create_sample_data"] is True:
+        num_samples = int(ANSWERS["_num_samples"])
+        num_train = num_samples - round(num_samples * float(ANSWERS["_validation_fraction"]))
         if int(str(value)) > num_train:
-            return f"more than the {num_train} training samples: lower it or raise num_samples"
+            return f"more than the {num_train} training samples: lower it or raise _num_samples"
     return problem
 
 
 def check_num_classes(value: object) -> str | None:
     problem = check_int(value, 2)
-    if problem is None and check_int(ANSWERS["num_samples"], 2) is None:
-        if int(str(value)) > int(str(ANSWERS["num_samples"])):
-            return f"more classes than the {ANSWERS['num_samples']} samples"
+    if problem is None and check_int(ANSWERS["_num_samples"], 2) is None:
+        if int(str(value)) > int(str(ANSWERS["_num_samples"])):
+            return f"more classes than the {ANSWERS['_num_samples']} samples"
     return problem
 
 
@@ -100,19 +100,25 @@ CHECKS = {
     "shuffle": check_bool,
     "num_workers": lambda v: check_int(v, 0),
     "max_epochs": lambda v: check_int(v, 1),
-    "cudnn_benchmark": check_bool,
     "sample_shape": check_shape,
     "num_classes": check_num_classes,
-    "num_samples": lambda v: check_int(v, 2),
-    "validation_fraction": check_fraction,
-    "create_sample_data": check_bool,
-    "run_smoke_test": check_bool,
-    "use_tensorboard": check_bool,
-    "git_init": check_bool,
+    "_cudnn_benchmark": check_bool,
+    "_num_samples": lambda v: check_int(v, 2),
+    "_validation_fraction": check_fraction,
+    "_create_sample_data": check_bool,
+    "_run_smoke_test": check_bool,
+    "_use_tensorboard": check_bool,
+    "_git_init": check_bool,
 }
 
 
 def main() -> int:
+    missing = [name for name in CHECKS if name not in ANSWERS]
+    if missing:  # e.g. a replay file saved by a version of this template that asked other things
+        renamed = [f"{name[1:]} to {name}" for name in missing if name[1:] in ANSWERS]
+        hint = f" (saved by template 0.2 or older? rename {', '.join(renamed)})" if renamed else ""
+        print(f"error: no answer for {', '.join(missing)}{hint}", file=sys.stderr)
+        return 1
     errors = []
     for name, check in CHECKS.items():
         problem = check(ANSWERS[name])

@@ -5,12 +5,16 @@ import json
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
+from cookiecutter.generate import generate_context
+from cookiecutter.prompt import prompt_for_config
+from cookiecutter.utils import create_env_with_context
 
 ROOT = Path(__file__).resolve().parents[1]
-NO_DATA = {"create_sample_data": False, "run_smoke_test": False}
+NO_DATA = {"_create_sample_data": False, "_run_smoke_test": False}
 
 
 def run(
@@ -65,7 +69,7 @@ def template_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ROOT,
         repo,
         ignore=shutil.ignore_patterns(
-            ".git", ".venv*", "__pycache__", ".*_cache", "my_pytorch_project"
+            ".git", ".venv*", "__pycache__", ".*_cache", ".coverage*", "my_pytorch_project"
         ),
     )
     git = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com"]
@@ -73,3 +77,36 @@ def template_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run([*git, "add", "--all"], repo)
     run([*git, "commit", "--quiet", "--message=template"], repo)
     return repo
+
+
+def answers(**given: object) -> dict:
+    """The answers `cookiecutter --no-input` hands the hooks, given these on its command line."""
+    context = generate_context(str(ROOT / "cookiecutter.json"), extra_context=given)
+    chosen = dict(prompt_for_config(context, no_input=True))
+    # What cookiecutter adds after the questions
+    chosen["_template"] = chosen["_repo_dir"] = str(ROOT)
+    chosen |= {"_output_dir": str(Path.cwd().parent), "_checkout": None}
+    return chosen
+
+
+def render_hook(name: str, **given: object) -> types.ModuleType:
+    """hooks/<name>.py rendered as cookiecutter renders it, imported but not run: a test calls its
+    functions. It is compiled under the hook's own path, line for line, so coverage counts it."""
+    path = ROOT / "hooks" / f"{name}.py"
+    source = path.read_text(encoding="utf-8")
+    context = {"cookiecutter": answers(**given)}
+    rendered = create_env_with_context(context).from_string(source).render(**context)
+    assert rendered.count("\n") == source.count("\n"), "the rendered hook lost its line numbers"
+    module = types.ModuleType(name)
+    module.__file__ = str(path)
+    exec(compile(rendered, str(path), "exec"), module.__dict__)
+    return module
+
+
+@pytest.fixture(scope="session")
+def default_project(cookies_session) -> Path:
+    """One project baked with the default answers but no data: for the tests that only read it.
+    A test that changes a project copies it first."""
+    result = cookies_session.bake(extra_context=NO_DATA)
+    assert result.exit_code == 0, result.exception
+    return result.project_path

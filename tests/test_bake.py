@@ -110,17 +110,17 @@ def test_defaults_make_data_pass_the_smoke_test_own_tests_and_ruff(cookies, capf
         "loader_timeout": 0,
         "data_format": "auto",
         "max_epochs": 100,
-        "cudnn_benchmark": True,
+        "_cudnn_benchmark": True,
         "runs_dir": "runs",
         "run_name": None,
         "resume": None,
         "tensorboard": False,
         "amp": False,
         "dry_run": False,
-        "num_samples": 1000,
+        "_num_samples": 1000,
         "shape": [3, 32, 32],
         "num_classes": 10,
-        "validation_fraction": 0.2,
+        "_validation_fraction": 0.2,
         "force": False,
     }
     result = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], project)
@@ -132,19 +132,19 @@ def test_defaults_make_data_pass_the_smoke_test_own_tests_and_ruff(cookies, capf
 
 COMBINATIONS = [
     pytest.param(
-        {"shuffle": False, "cudnn_benchmark": False, "num_workers": 0, "batch_size": 16,
-         "max_epochs": 3, "sample_shape": "20", "num_classes": 3, "num_samples": 120,
-         "validation_fraction": 0.25},
+        {"shuffle": False, "_cudnn_benchmark": False, "num_workers": 0, "batch_size": 16,
+         "max_epochs": 3, "sample_shape": "20", "num_classes": 3, "_num_samples": 120,
+         "_validation_fraction": 0.25},
         id="1d-no-shuffle-no-cudnn-benchmark-0-workers",
     ),
     pytest.param(
         {"num_workers": 1, "batch_size": 7, "max_epochs": 4, "sample_shape": "4, 16",
-         "num_classes": 2, "num_samples": 50, "validation_fraction": 0.5},
+         "num_classes": 2, "_num_samples": 50, "_validation_fraction": 0.5},
         id="2d-odd-batch-1-worker",
     ),
     pytest.param(
         {"num_workers": 2, "batch_size": 32, "max_epochs": 3, "sample_shape": "1,28,28",
-         "num_classes": 10, "num_samples": 400, "validation_fraction": 0.1},
+         "num_classes": 10, "_num_samples": 400, "_validation_fraction": 0.1},
         id="image-2-workers",
     ),
 ]  # fmt: skip
@@ -161,22 +161,22 @@ def test_answers_reach_the_code_and_the_project_trains(cookies, answers: dict) -
     shape = [int(n) for n in answers["sample_shape"].split(",")]
     expected = {
         "shuffle": answers.get("shuffle", True),
-        "cudnn_benchmark": answers.get("cudnn_benchmark", True),
+        "cudnn_benchmark": answers.get("_cudnn_benchmark", True),
         "num_workers": answers["num_workers"],
         "batch_size": answers["batch_size"],
         "max_epochs": answers["max_epochs"],
         "shape": shape,
         "num_classes": answers["num_classes"],
-        "num_samples": answers["num_samples"],
-        "validation_fraction": answers["validation_fraction"],
+        "num_samples": answers["_num_samples"],
+        "validation_fraction": answers["_validation_fraction"],
     }
     baked = defaults(project)
     assert {k: baked[k] for k in expected} == expected
 
-    num_validation = round(answers["num_samples"] * answers["validation_fraction"])
+    num_validation = round(answers["_num_samples"] * answers["_validation_fraction"])
     partition = json.loads((project / "data" / "partition.json").read_text())
     assert len(partition["validation"]) == num_validation
-    assert len(partition["train"]) == answers["num_samples"] - num_validation
+    assert len(partition["train"]) == answers["_num_samples"] - num_validation
 
     # The article's script with the answers as its defaults, as a user runs it.
     out = run([sys.executable, "pytorch_script.py"], project).stdout
@@ -184,27 +184,6 @@ def test_answers_reach_the_code_and_the_project_trains(cookies, answers: dict) -
     rows = read_metrics(project / "runs" / "run-1" / "metrics.csv")
     assert len(rows) == answers["max_epochs"]
     assert rows[-1]["val_accuracy"] > 1.5 / answers["num_classes"]  # well above chance
-
-
-@pytest.mark.parametrize(
-    ("create_sample_data", "run_smoke_test"), [(True, False), (False, True), (False, False)]
-)
-def test_sample_data_and_smoke_test_switches(
-    cookies, capfd, create_sample_data: bool, run_smoke_test: bool
-) -> None:
-    answers = {"create_sample_data": create_sample_data, "run_smoke_test": run_smoke_test}
-    result = cookies.bake(extra_context=answers | {"num_samples": 100})
-
-    assert result.exit_code == 0, result.exception
-    project = result.project_path
-    out = capfd.readouterr().out
-    assert ("Wrote 100 samples" in out) == create_sample_data
-    assert "Smoke test passed" not in out
-    assert ("so no smoke test" in out) == (run_smoke_test and not create_sample_data)
-    data = sorted(p.name for p in (project / "data").iterdir())
-    assert (len(data) == 103) == create_sample_data  # 100 samples, 2 JSON files, .gitkeep
-    assert (data == [".gitkeep"]) == (not create_sample_data)
-    assert source_files(project) == ARTICLE_LAYOUT
 
 
 AWKWARD = {

@@ -2,6 +2,8 @@
 
 import filecmp
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -75,10 +77,47 @@ def test_from_a_clone_with_sample_data_and_smoke_test(
     run(["git", "clone", "--quiet", str(template_repo), str(tmp_path / "clone")], tmp_path)
     result = cookiecutter_cli(
         ".", "--no-input", "--config-file", str(config_file), "-o", str(tmp_path / "out"),
-        "num_samples=300", cwd=tmp_path / "clone",
+        "_num_samples=300", cwd=tmp_path / "clone",
     )  # fmt: skip
     assert "Wrote 300 samples" in result.stdout and "Smoke test passed" in result.stdout
     assert len(list((tmp_path / "out" / "my_pytorch_project" / "data").glob("*.pt"))) == 300
+
+
+QUESTIONS = [
+    "Project name", "Directory name (a Python identifier)", "One-line description", "Author",
+    "DataLoader batch_size", "Shuffle the training set every epoch?",
+    "DataLoader num_workers (capped at the CPUs available when it runs)", "max_epochs",
+    "Shape of one sample, comma-separated", "Number of classes",
+]  # fmt: skip
+
+
+def test_an_interactive_run_asks_ten_questions_and_checks_them_after_the_last(
+    tmp_path: Path, config_file: Path
+) -> None:
+    """cookiecutter lets a template check a typed answer only once every question is answered
+    (the pre-gen hook), but for a yes/no question, which it asks again at once (README)."""
+    typed = ["", "", "", "", "abc", "maybe", "y", "", "", "", ""]  # batch_size abc, shuffle maybe
+    command = [sys.executable, "-m", "cookiecutter", str(ROOT), "--config-file", str(config_file)]
+    asked = subprocess.run(
+        [*command, *NO_DATA_ARGS], input="\n".join(typed) + "\n", cwd=tmp_path,
+        env=os.environ | {"COLUMNS": "1000"},  # no prompt wrapped
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+    assert asked.returncode != 0
+    prompts = re.findall(r"\[(\d+)/(\d+)\] (.+?)(?: \[y/n\])? \([^()]*\): ", asked.stdout)
+    assert list(dict.fromkeys(prompts)) == [(str(n), "10", q) for n, q in enumerate(QUESTIONS, 1)]
+    # shuffle=maybe: asked again there and then, before the next question
+    assert prompts[5:8] == [("6", "10", QUESTIONS[5])] * 2 + [("7", "10", QUESTIONS[6])]
+    assert "Please enter Y or N" in asked.stdout
+    assert asked.stderr.startswith("error: batch_size='abc': must be a whole number >= 1\n")
+    assert not (tmp_path / "my_pytorch_project").exists()
+
+    # The README's way out: correct the one bad answer in the saved replay, bake from it.
+    replay = tmp_path / "replay" / f"{ROOT.name}.json"
+    replay.write_text(replay.read_text().replace('"batch_size": "abc"', '"batch_size": "32"'))
+    run([*command, "--replay"], tmp_path)
+    assert defaults(tmp_path / "my_pytorch_project")["batch_size"] == 32
 
 
 JINJA = "{{ 7*7 }} {% if x %}"
@@ -88,8 +127,9 @@ def test_jinja_in_an_answer_comes_out_literally(tmp_path: Path, config_file: Pat
     """Typed at a prompt, an answer is text. On the command line, cookiecutter renders it with
     Jinja first ({{ 7*7 }} becomes 49): {% raw %} keeps it text there (README, FAQ)."""
     prompted = subprocess.run(
-        [sys.executable, "-m", "cookiecutter", str(ROOT), "--config-file", str(config_file)],
-        input=f"{JINJA}\nseven\n{JINJA}\n" + "\n" * 10 + "n\n" * 4,  # the defaults, then no
+        [sys.executable, "-m", "cookiecutter", str(ROOT), "--config-file", str(config_file)]
+        + NO_DATA_ARGS,
+        input=f"{JINJA}\nseven\n{JINJA}\n" + "\n" * 7,  # then the defaults
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert prompted.returncode == 0, prompted.stderr
@@ -116,11 +156,10 @@ def test_booleans_as_text_are_normalised_or_refused_before_anything_is_written(
     tmp_path: Path, config_file: Path
 ) -> None:
     common = [str(ROOT), "--config-file", str(config_file), *NO_DATA_ARGS]
-    cookiecutter_cli(
-        *common, "--no-input", "-o", str(tmp_path / "ok"), "shuffle=0", "git_init=off", cwd=tmp_path
-    )
+    ok = ["--no-input", "-o", str(tmp_path / "ok"), "shuffle=0", "_git_init=off"]
+    cookiecutter_cli(*common, *ok, cwd=tmp_path)
     saved = json.loads((tmp_path / "ok" / "my_pytorch_project" / ".cookiecutter.json").read_text())
-    assert (saved["cookiecutter"]["shuffle"], saved["cookiecutter"]["git_init"]) == (False, False)
+    assert (saved["cookiecutter"]["shuffle"], saved["cookiecutter"]["_git_init"]) == (False, False)
 
     # cookiecutter itself refuses what it cannot read as a boolean...
     command = [sys.executable, "-m", "cookiecutter", *common, "--no-input"]

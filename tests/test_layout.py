@@ -13,7 +13,7 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib
 
-from conftest import NO_DATA, ROOT
+from conftest import ROOT
 
 TEMPLATE = json.loads((ROOT / "cookiecutter.json").read_text(encoding="utf-8"))
 # The article's script, in its order, as pytorch_script.py must read.
@@ -38,11 +38,9 @@ ARTICLE_ORDER = [
 ]
 
 
-@pytest.fixture(scope="module")
-def project(cookies_session) -> Path:
-    result = cookies_session.bake(extra_context=NO_DATA)
-    assert result.exit_code == 0, result.exception
-    return result.project_path
+@pytest.fixture
+def project(default_project: Path) -> Path:
+    return default_project
 
 
 def functions(path: Path) -> dict[str, int]:

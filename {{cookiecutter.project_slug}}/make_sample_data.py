@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--num-samples",
         type=positive_int,
-        default={{ cookiecutter.num_samples | int }},
+        default={{ cookiecutter._num_samples | int }},
         help="sample files to write",
     )
     p.add_argument(
@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--validation-fraction",
         type=fraction,
-        default={{ cookiecutter.validation_fraction | float }},
+        default={{ cookiecutter._validation_fraction | float }},
         help="share of the samples in partition['validation']",
     )
     p.add_argument("--seed", type=int, default=0, help="same seed, same data")

@@ -127,7 +127,7 @@ def training_args(argv: list[str] | None, description: str) -> argparse.Namespac
     p.add_argument(
         "--cudnn-benchmark",
         action=argparse.BooleanOptionalAction,
-        default={{ cookiecutter.cudnn_benchmark }},
+        default={{ cookiecutter._cudnn_benchmark }},
         help="let cuDNN time its algorithms for your input shapes; fast when shapes do not change",
     )
     p.add_argument(
@@ -151,7 +151,7 @@ def training_args(argv: list[str] | None, description: str) -> argparse.Namespac
     p.add_argument(
         "--tensorboard",
         action=argparse.BooleanOptionalAction,
-        default={{ cookiecutter.use_tensorboard }},
+        default={{ cookiecutter._use_tensorboard }},
         help="also log each epoch for TensorBoard, in the run's directory"
         " (tensorboard --logdir runs)",
     )
