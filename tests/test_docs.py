@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NO_DATA, ROOT, read_metrics, run
+from conftest import ROOT, read_metrics, run
 
 PRELUDE = {
     # A folder of images, one subfolder per class, of mixed sizes and modes, as found in the wild.
@@ -46,11 +46,9 @@ def snippets(readme: Path) -> dict[str, str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("source", ["images", "numpy"])
 def test_bring_your_own_data_snippets_make_data_the_project_trains_on(
-    cookies, tmp_path: Path, source: str
+    default_project: Path, tmp_path: Path, source: str
 ) -> None:
-    result = cookies.bake(extra_context=NO_DATA | {"batch_size": 16})
-    assert result.exit_code == 0, result.exception
-    project = result.project_path
+    project = default_project
     for readme in (ROOT / "README.md", project / "README.md"):
         code = snippets(readme)[source]
         assert code == snippets(ROOT / "README.md")[source]  # the two READMEs agree
@@ -59,8 +57,9 @@ def test_bring_your_own_data_snippets_make_data_the_project_trains_on(
     run([sys.executable, "-c", PRELUDE[source] + code], work)
 
     data = work / "mydata"
-    script = [sys.executable, "pytorch_script.py", "--data-dir", str(data), "--num-workers", "0"]
-    out = run([*script, "--max-epochs", "8", "--runs-dir", str(tmp_path / "runs")], project)
+    script = [sys.executable, "-B", "pytorch_script.py", "--data-dir", str(data)]  # -B: reads only
+    script += ["--num-workers", "0", "--batch-size", "16", "--runs-dir", str(tmp_path / "runs")]
+    out = run([*script, "--max-epochs", "8"], project)
     shape = "(3, 64, 64), 3 classes" if source == "images" else "(2, 12), 4 classes"
     assert f"of shape {shape}" in out.stdout
     rows = read_metrics(tmp_path / "runs" / "run-1" / "metrics.csv")
@@ -69,13 +68,11 @@ def test_bring_your_own_data_snippets_make_data_the_project_trains_on(
 
 @pytest.mark.slow
 def test_the_readme_s_constraint_keeps_torch_when_adding_torchvision(
-    cookies, tmp_path: Path
+    default_project: Path, tmp_path: Path
 ) -> None:
     """The generated README's one command for a package that depends on torch: pip must plan to
     keep the installed torch (a dry run: it resolves against the package index)."""
-    result = cookies.bake(extra_context=NO_DATA)
-    assert result.exit_code == 0, result.exception
-    readme = (result.project_path / "README.md").read_text(encoding="utf-8")
+    readme = (default_project / "README.md").read_text(encoding="utf-8")
     [command] = [line for line in readme.splitlines() if "-c constraints.txt" in line]
     write_constraint, install = command.split(" && ")
     assert install == "python -m pip install torchvision -c constraints.txt"

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,8 +45,8 @@ def bake(cookies, **answers: object) -> Path:
     return result.project_path
 
 
-def test_pyproject_extras_and_an_editable_install(cookies, tmp_path: Path) -> None:
-    project = bake(cookies)
+def test_pyproject_extras_and_an_editable_install(default_project: Path, tmp_path: Path) -> None:
+    project = shutil.copytree(default_project, tmp_path / "my_pytorch_project")
     meta = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     assert "torch>=2.13" in meta["dependencies"]  # tested with 2.13; CVE-2025-32434 before 2.6
     extras = meta["optional-dependencies"]
@@ -100,9 +101,9 @@ def test_pre_commit_passes_and_keeps_data_and_checkpoints_out(
 
 @pytest.mark.slow
 def test_the_quick_start_s_git_init_then_pre_commit_install_works(
-    cookies, tmp_path: Path, pre_commit_home: Path
+    default_project: Path, tmp_path: Path, pre_commit_home: Path
 ) -> None:
-    project = bake(cookies)  # git_init off: the default
+    project = shutil.copytree(default_project, tmp_path / "my_pytorch_project")  # no git_init
     env = git_env(tmp_path / "home") | {"PRE_COMMIT_HOME": str(pre_commit_home)}
     readme = (project / "README.md").read_text(encoding="utf-8")
     assert "git init && pre-commit install" in readme
