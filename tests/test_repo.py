@@ -53,6 +53,11 @@ def test_the_benchmarks_run_and_print_their_tables() -> None:
         assert out.count(f"  {name}") == 2, out  # one row for each sample shape
     bake = run([sys.executable, "benchmarks/bake_time.py", "--repeats", "1"], ROOT).stdout
     assert "cookiecutter --no-input (defaults)" in bake and "defaults / import torch:" in bake
+    assert "train one epoch with 2 workers" in bake  # the post-gen hook's steps
+    one_test = "test_dataset_returns_each_saved_tensor_and_its_label"
+    tests = [sys.executable, "benchmarks/test_time.py", "--repeats", "1", "--only", "project"]
+    out = run([*tests, "--keyword", one_test], ROOT).stdout
+    assert re.search(r"a generated project's tests +[\d.]+ \([\d.]+ - [\d.]+\); 1 passed", out)
 
 
 def test_hooks_tests_and_benchmarks_pass_ruff() -> None:
