@@ -1,5 +1,7 @@
 import csv
+import json
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +22,56 @@ def train(data_dir: Path, run_dir: Path, *flags: str) -> int:
     if "--run-name" not in flags:
         argv += ["--run-name", run_dir.name]
     return pytorch_script.main([*argv, *flags])
+
+
+# What in_one_python runs: each script's main(argv) in turn, its output caught where the process
+# writes (file descriptors 1 and 2), so that what its DataLoader workers print is caught too.
+MAINS_IN_TURN = """
+import importlib, json, os, sys, tempfile
+
+results = []
+for script, argv in json.loads(sys.argv[1]):
+    main = importlib.import_module(script.removesuffix(".py")).main
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        os.dup2(out.fileno(), 1)
+        os.dup2(err.fileno(), 2)
+        try:
+            try:
+                status = main(argv)
+            except SystemExit as exit:
+                status = exit.code
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+        out.seek(0)
+        err.seek(0)
+        results.append([status, out.read(), err.read()])
+print(json.dumps(results))
+"""
+
+
+def in_one_python(
+    project: Path, *runs: tuple[str, list[str]], through: tuple[str, ...] = ()
+) -> list[subprocess.CompletedProcess]:
+    """Each (script, argv) of runs, script's main(argv), one after the other in one new Python
+    process started in project, which imports torch once for them all (a new process costs
+    about 2 s before it trains). For each run, what subprocess.run would give: its exit status,
+    its output and that of its DataLoader workers. through: a command that starts the process
+    (unshare, say)."""
+    command = [*through, sys.executable, "-c", MAINS_IN_TURN, json.dumps(runs)]
+    result = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return [
+        subprocess.CompletedProcess([script, *argv], status, out, err)
+        for (script, argv), (status, out, err) in zip(
+            runs, json.loads(result.stdout.splitlines()[-1]), strict=True
+        )
+    ]
 
 
 def read_rows(metrics_csv: Path) -> list[dict[str, float]]:

@@ -2,15 +2,13 @@
 copy of this project, as a user would, then trains, resumes and checks the result."""
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import pytorch_script
-from conftest import read_rows
+from conftest import in_one_python, read_rows, train
 
 PROJECT = Path(pytorch_script.__file__).parent
 
@@ -91,92 +89,115 @@ def edited_project(tmp_path: Path, *edits: tuple[str, str, str]) -> Path:
     return copy
 
 
-def train(project: Path, data_dir: Path, *flags: str) -> str:
-    """pytorch_script.py of the edited copy, on the CPU; its output."""
-    command = [sys.executable, "pytorch_script.py", "--device", "cpu", "--data-dir", str(data_dir)]
-    command += ["--runs-dir", str(project / "runs"), "--batch-size", "32", "--no-tensorboard"]
-    result = subprocess.run(
-        [*command, *flags], cwd=project, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, f"{flags} exited {result.returncode}:\n{result.stderr}"
-    return result.stdout
+def train_edited(project: Path, data_dir: Path, *runs: list[str], pack: bool = False) -> list[str]:
+    """pytorch_script.py of the edited copy on the CPU, once for each list of flags in runs, one
+    run after the other in one new Python (pack: pack_data.py first); the output of each run."""
+    common = ["--device", "cpu", "--data-dir", str(data_dir), "--runs-dir", str(project / "runs")]
+    common += ["--batch-size", "32", "--no-tensorboard"]
+    scripts = [("pack_data.py", ["--data-dir", str(data_dir)])] if pack else []
+    scripts += [("pytorch_script.py", [*common, *flags]) for flags in runs]
+    results = in_one_python(project, *scripts)
+    for result in results:
+        assert result.returncode == 0, f"{result.args} exited {result.returncode}:\n{result.stderr}"
+    return [result.stdout for result in results if result.args[0] == "pytorch_script.py"]
 
 
 def weights(run_dir: Path, name: str = "last.pt") -> dict[str, torch.Tensor]:
     return torch.load(run_dir / name, weights_only=True)["model"]
 
 
+def trains_and_resumes(
+    tmp_path: Path, data_dir: Path, row: tuple, flags: list[str], least_accuracy: float
+) -> Path:
+    """The project with row's edit trains 3 epochs, then 2 more resumed, and learns; returns the
+    run's directory."""
+    project = edited_project(tmp_path, row)
+    _, out = train_edited(
+        project,
+        data_dir,
+        ["--max-epochs", "3", "--run-name", "edited", *flags],
+        ["--max-epochs", "5", "--resume", "edited", *flags],
+    )
+
+    assert "resuming" in out and "after epoch 3" in out
+    run_dir = project / "runs" / "edited"
+    rows = read_rows(run_dir / "metrics.csv")
+    assert [row["epoch"] for row in rows] == [1, 2, 3, 4, 5]
+    accuracy = rows[-1]["val_accuracy"]
+    assert accuracy >= least_accuracy, (
+        f"with the {row[0]} edit ({row[2].splitlines()[0]!r}), 5 epochs of {data_dir} reached"
+        f" val_accuracy {accuracy:.3f}; expected at least {least_accuracy} (chance 0.25)"
+    )
+    return run_dir
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("row", "flags", "least_accuracy"),
     [
-        (MODEL, [], 0.8),
         (LOSS, [], 0.8),
         (OPTIMIZER, ["--lr", "0.05"], 0.8),
         (READ, [], 0.8),
     ],
-    ids=["model", "loss", "optimizer", "read"],
+    ids=["loss", "optimizer", "read"],
 )
 def test_one_edit_trains_and_resumes(
     tmp_path: Path, tiny_data: Path, row: tuple, flags: list[str], least_accuracy: float
 ) -> None:
-    project = edited_project(tmp_path, row)
-    train(project, tiny_data, "--max-epochs", "3", "--run-name", "edited", *flags)
-    out = train(project, tiny_data, "--max-epochs", "5", "--resume", "edited", *flags)
-
-    assert "resuming" in out and "after epoch 3" in out
-    rows = read_rows(project / "runs" / "edited" / "metrics.csv")
-    assert [row["epoch"] for row in rows] == [1, 2, 3, 4, 5]
-    accuracy = rows[-1]["val_accuracy"]
-    assert accuracy >= least_accuracy, (
-        f"with the {row[0]} edit ({row[2].splitlines()[0]!r}), 5 epochs of {tiny_data} reached"
-        f" val_accuracy {accuracy:.3f}; expected at least {least_accuracy} (chance 0.25)"
-    )
+    trains_and_resumes(tmp_path, tiny_data, row, flags, least_accuracy)
 
 
 @pytest.mark.slow
-def test_a_new_model_class_is_saved_and_named_in_the_checkpoint(
+def test_a_new_model_class_trains_resumes_and_is_named_in_the_checkpoint(
     tmp_path: Path, tiny_data: Path
 ) -> None:
-    project = edited_project(tmp_path, MODEL)
-    train(project, tiny_data, "--max-epochs", "1", "--run-name", "edited")
-    checkpoint = torch.load(project / "runs/edited/last.pt", weights_only=True)
+    run_dir = trains_and_resumes(tmp_path, tiny_data, MODEL, [], 0.8)
+    checkpoint = torch.load(run_dir / "last.pt", weights_only=True)
     assert checkpoint["model_class"] == "ResidualNet"
     assert "block.1.running_mean" in checkpoint["model"]  # BatchNorm's buffers are saved too
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("data_format", ["files", "packed"])
-@pytest.mark.parametrize("num_workers", ["0", "2"])
-def test_random_augmentation_resumes_bit_for_bit(
-    tmp_path: Path, tiny_data: Path, num_workers: str, data_format: str
-) -> None:
+def test_random_augmentation_resumes_bit_for_bit(tmp_path: Path, tiny_data: Path) -> None:
+    """With 0 and 2 workers, from the files and packed: 4 epochs in one run, or 2 and then 2
+    more resumed, end with the same weights."""
     project = edited_project(tmp_path, AUGMENTATION)
-    if data_format == "packed":
-        subprocess.run(
-            [sys.executable, "pack_data.py", "--data-dir", str(tiny_data)], cwd=project, check=True
+    settings = {
+        f"{num_workers}-{data_format}": ["--num-workers", num_workers, "--data-format", data_format]
+        for num_workers in ("0", "2")
+        for data_format in ("files", "packed")
+    }
+    whole = [["--max-epochs", "4", "--run-name", f"whole-{n}", *f] for n, f in settings.items()]
+    first = [["--max-epochs", "2", "--run-name", f"halves-{n}", *f] for n, f in settings.items()]
+    then = [["--max-epochs", "4", "--resume", f"halves-{n}", *f] for n, f in settings.items()]
+    # Each resumed run comes after the runs of the other settings: nothing its first half left
+    # in the process can stand in for what last.pt holds, as in a new process.
+    train_edited(project, tiny_data, *whole, *first, *then, pack=True)
+    for name in settings:
+        whole, halves = (weights(project / "runs" / f"{run}-{name}") for run in ("whole", "halves"))
+        assert all(torch.equal(whole[k], halves[k]) for k in whole), (
+            f"{name}: 2 epochs and 2 more resumed end with other weights than 4 in one run"
         )
-    flags = ["--num-workers", num_workers, "--data-format", data_format]
-    train(project, tiny_data, "--max-epochs", "4", "--run-name", "whole", *flags)
-    train(project, tiny_data, "--max-epochs", "2", "--run-name", "halves", *flags)
-    train(project, tiny_data, "--max-epochs", "4", "--resume", "halves", *flags)
-    whole, halves = weights(project / "runs/whole"), weights(project / "runs/halves")
-    assert all(torch.equal(whole[k], halves[k]) for k in whole), "resumed weights differ"
 
-    if (num_workers, data_format) != ("0", "files"):
-        return
-    # The flip ran: without it, the same run ends elsewhere.
-    plain = edited_project(tmp_path / "plain")
-    train(plain, tiny_data, "--max-epochs", "4", "--run-name", "whole", *flags)
-    unflipped = weights(plain / "runs/whole")
-    assert not all(torch.equal(whole[k], unflipped[k]) for k in whole)
+    # The flip ran: without it (this project, unedited, in this process), the same run ends
+    # elsewhere.
+    plain = tmp_path / "runs" / "plain"
+    assert train(tiny_data, plain, "--max-epochs", "4", *settings["0-files"]) == 0
+    unflipped, flipped = weights(plain), weights(project / "runs" / "whole-0-files")
+    assert not all(torch.equal(flipped[k], unflipped[k]) for k in flipped), (
+        "the edited random_augmentation changed nothing: did it run?"
+    )
 
 
 @pytest.mark.slow
 def test_the_best_metric_chooses_best_pt(tmp_path: Path, tiny_data: Path) -> None:
     project = edited_project(tmp_path, BEST_METRIC)
-    train(project, tiny_data, "--max-epochs", "2", "--run-name", "edited", "--lr", "0.02")
-    train(project, tiny_data, "--max-epochs", "4", "--resume", "edited", "--lr", "0.02")
+    train_edited(
+        project,
+        tiny_data,
+        ["--max-epochs", "2", "--run-name", "edited", "--lr", "0.02"],
+        ["--max-epochs", "4", "--resume", "edited", "--lr", "0.02"],
+    )
     rows = read_rows(project / "runs/edited/metrics.csv")
     lowest_loss = min(rows, key=lambda row: row["val_loss"])["epoch"]
     best = torch.load(project / "runs/edited/best.pt", weights_only=True)
