@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import pytorch_script
+from conftest import snapshot, train
 from make_sample_data import make_sample_data
 from my_classes import Dataset, build_model
 from plumbing import cli, distributed, loader
@@ -49,6 +50,9 @@ def test_two_ranks_learn_and_report_what_one_process_measures(
     odd_data: Path, tmp_path: Path
 ) -> None:
     runs_dir = tmp_path / "runs"
+    # An earlier run: the README's torchrun command, after it, starts a run of its own beside it.
+    assert train(odd_data, runs_dir / "run-1", "--max-epochs", "1", "--num-workers", "0") == 0
+    earlier = snapshot(runs_dir / "run-1")
     result = torchrun(
         "--data-dir", str(odd_data), "--runs-dir", str(runs_dir), "--max-epochs", "4",
         "--num-workers", "1", "--batch-size", "16",
@@ -56,8 +60,9 @@ def test_two_ranks_learn_and_report_what_one_process_measures(
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("epoch 4/4") == 1, "only rank 0 prints"
     assert "on each of 2 ranks" in result.stdout
-    run_dir = runs_dir / "run-1"  # one run directory, named by rank 0, written by rank 0
-    assert sorted(p.name for p in runs_dir.iterdir()) == ["run-1"]
+    run_dir = runs_dir / "run-2"  # one run directory, named by rank 0, written by rank 0
+    assert sorted(p.name for p in runs_dir.iterdir()) == ["run-1", "run-2"]
+    assert snapshot(runs_dir / "run-1") == earlier
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "best.pt", "last.pt", "metrics.csv", "settings.json",
     ]  # fmt: skip
@@ -70,22 +75,14 @@ def test_two_ranks_learn_and_report_what_one_process_measures(
         f" val_accuracy {accuracy:.3f}, expected >= 0.8 (chance is 0.25)"
     )
 
-    # The README's torchrun command again, after that run: a run of its own beside it.
-    again = torchrun(
-        "--data-dir", str(odd_data), "--runs-dir", str(runs_dir), "--max-epochs", "1",
-        "--num-workers", "0", "--batch-size", "16",
-    )  # fmt: skip
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert sorted(p.name for p in runs_dir.iterdir()) == ["run-1", "run-2"]
-    assert (runs_dir / "run-2" / "last.pt").exists()
-    # And --resume of the first, as a requeued job: rank 0 chooses, every rank goes on.
+    # And --resume of it, as a requeued job: rank 0 chooses, every rank goes on.
     resumed = torchrun(
         "--data-dir", str(odd_data), "--runs-dir", str(runs_dir), "--max-epochs", "5",
-        "--num-workers", "0", "--batch-size", "16", "--resume", "run-1",
+        "--num-workers", "0", "--batch-size", "16", "--resume", "run-2",
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert resumed.stdout.count(f"resuming {runs_dir / 'run-1'} after epoch 4") == 1
-    assert torch.load(runs_dir / "run-1" / "last.pt", weights_only=True)["epoch"] == 5
+    assert resumed.stdout.count(f"resuming {run_dir} after epoch 4") == 1
+    assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == 5
 
     # One process, the same weights, every validation sample once.
     partition, labels = load_partition(odd_data)
