@@ -3,7 +3,6 @@ import importlib.util
 import os
 import pickle
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch
 import my_classes
 import pack_data
 import pytorch_script
-from conftest import kill_half_way, read_rows, snapshot, train
+from conftest import in_one_python, kill_half_way, read_rows, snapshot, train
 from make_sample_data import make_sample_data
 from my_classes import Dataset
 from plumbing import packed as packed_module
@@ -534,12 +533,14 @@ def test_a_pack_made_before_read_was_edited_is_never_used(tiny_data: Path, tmp_p
     assert source.count(old) == 1
     (project / "my_classes.py").write_text(source.replace(old, new), encoding="utf-8")
 
-    def run(script: str, *flags: str) -> subprocess.CompletedProcess:
-        command = [sys.executable, script, "--data-dir", str(tiny_data), *flags]
-        return subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=300)
-
-    flags = ["--device", "cpu", "--dry-run", "--num-workers", "0", "--batch-size", "32"]
-    auto = run("pytorch_script.py", *flags, "--no-tensorboard")
+    flags = ["--data-dir", str(tiny_data), "--device", "cpu", "--dry-run", "--num-workers", "0"]
+    flags += ["--batch-size", "32", "--no-tensorboard"]
+    # Both runs in one new Python, which imports the edited copy's modules (and torch once).
+    auto, packed = in_one_python(
+        project,
+        ("pytorch_script.py", flags),
+        ("pytorch_script.py", [*flags, "--data-format", "packed"]),
+    )
     assert auto.returncode == 0, auto.stderr
     stale = (
         f"{tiny_data / PACKED} was packed by other code for reading a sample than my_classes.py"
@@ -547,19 +548,20 @@ def test_a_pack_made_before_read_was_edited_is_never_used(tiny_data: Path, tmp_p
     )
     data_lines = [line for line in auto.stdout.splitlines() if line.startswith("data: ")]
     assert data_lines == [f"data: {tiny_data}/<ID>.pt ({stale}; `python pack_data.py` updates it)"]
-    reads = (project / "reads.txt").read_text().split()
+    reads = (project / "reads.txt").read_text().split()  # the refused run adds no other ID
     partition, _ = load_partition(tiny_data)
     assert len(set(reads) & set(partition["train"])) >= 2 * 32  # the dry run's two batches
     assert len(set(reads) & set(partition["validation"])) >= 2 * 32
 
-    packed = run("pytorch_script.py", *flags, "--no-tensorboard", "--data-format", "packed")
     assert packed.returncode == 1
     assert packed.stderr == (
         f"error: {stale}: run `python pack_data.py --data-dir {tiny_data}`, or train from the"
         " files with --data-format files\n"
     )
 
-    assert run("pack_data.py").returncode == 0
+    # Once the reads are counted (packing reads every sample):
+    (pack,) = in_one_python(project, ("pack_data.py", ["--data-dir", str(tiny_data)]))
+    assert pack.returncode == 0, pack.stderr
     for name in SPLITS:
         X = np.load(tiny_data / PACKED / name / "X.npy")
         assert X.shape[1:] == (1, 8, 8) and not X.any()  # what the edited read() returns
