@@ -1,9 +1,8 @@
 import csv
 import json
+import multiprocessing
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -302,23 +301,20 @@ def test_dry_run_writes_no_run_directory(tiny_data: Path, tmp_path: Path) -> Non
 @pytest.mark.slow
 @pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
 def test_workers_started_with_spawn_or_forkserver_train(
-    tiny_data: Path, tmp_path: Path, start_method: str
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], start_method: str
 ) -> None:
-    """The defaults of macOS and Windows (spawn) and of Linux from Python 3.14 (forkserver)."""
-    code = (
-        "import sys, torch.multiprocessing as mp, pytorch_script\n"
-        f"mp.set_start_method({start_method!r})\n"
-        "sys.exit(pytorch_script.main(sys.argv[1:]))\n"
-    )
-    argv = ["--device", "cpu", "--data-dir", str(tiny_data), "--runs-dir", str(tmp_path / "runs")]
-    argv += ["--no-tensorboard", "--num-workers", "2", "--max-epochs", "2"]
-    result = subprocess.run(
-        [sys.executable, "-c", code, *argv],
-        cwd=Path(pytorch_script.__file__).parent, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert "epoch 2/2" in result.stdout and "num_workers 2" in result.stdout
-    assert len(read_metrics(tmp_path / "runs" / "run-1")) == 2
+    """The defaults of macOS and Windows (spawn) and of Linux from Python 3.14 (forkserver):
+    each worker is a new Python that imports my_classes.py and unpickles the Dataset."""
+    before = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method(start_method, force=True)  # DataLoader's default
+    try:
+        run_dir = tmp_path / "runs" / "run-1"
+        assert train(tiny_data, run_dir, "--num-workers", "2", "--max-epochs", "2") == 0
+    finally:
+        multiprocessing.set_start_method(before, force=True)
+    out = capsys.readouterr().out
+    assert "epoch 2/2" in out and "num_workers 2" in out
+    assert len(read_metrics(run_dir)) == 2
 
 
 def test_two_runs_started_together_take_two_directories(tmp_path: Path) -> None:
