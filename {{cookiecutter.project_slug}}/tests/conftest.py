@@ -17,7 +17,7 @@ from make_sample_data import make_sample_data
 # One thread for torch's operations, in this process and in those the tests start: the tests'
 # tiny models gain nothing from more, and pytest-xdist's workers, the scripts they start and
 # their DataLoader workers would otherwise contend for the same cores, each thread spinning
-# while it waits for the others (twice the CPU time, with two workers on two cores).
+# while it waits for the others.
 torch.set_num_threads(1)
 os.environ["OMP_NUM_THREADS"] = "1"
 
@@ -25,7 +25,8 @@ os.environ["OMP_NUM_THREADS"] = "1"
 # fork server imports once (Python 3.14 starts DataLoader workers by forkserver), and each
 # worker is a fork of that server. Under pytest, __main__ is pytest's: name the script, so
 # that the tests' forkserver workers too are forks, not new Pythons that each import torch.
-multiprocessing.set_forkserver_preload(["pytorch_script"])
+if "forkserver" in multiprocessing.get_all_start_methods():  # not on Windows
+    multiprocessing.set_forkserver_preload(["pytorch_script"])
 
 
 def train(data_dir: Path, run_dir: Path, *flags: str) -> int:
