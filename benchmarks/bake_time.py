@@ -91,11 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         [*bake, str(out), "_create_sample_data=false", "_run_smoke_test=false"], check=True
     )
     steps = []
-    for _ in range(args.repeats):
-        shutil.rmtree(out / "my_pytorch_project" / "data", ignore_errors=True)
+    for repeat in range(args.repeats):
+        # A new copy each time, as the hook finds it: no data, nothing just deleted.
+        project = shutil.copytree(out / "my_pytorch_project", out / f"copy-{repeat}")
         result = subprocess.run(
-            [sys.executable, "-c", HOOK_STEPS],
-            cwd=out / "my_pytorch_project", check=True, capture_output=True, text=True,
+            [sys.executable, "-c", HOOK_STEPS], cwd=project, check=True, capture_output=True,
+            text=True,
         )  # fmt: skip
         steps.append(json.loads(result.stdout.splitlines()[-1]))
     print("the post-gen hook's steps, in one process; seconds: median (min - max)")
