@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,22 @@ def run(
         f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
     )
     return result
+
+
+def git_env(home: Path, identity: bool = True) -> dict[str, str]:
+    """This environment, with a git that reads no configuration of this machine; with or without
+    a name and email."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") and k != "EMAIL"}
+    env |= {"HOME": str(home), "XDG_CONFIG_HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1"}
+    if identity:
+        for who in ("AUTHOR", "COMMITTER"):
+            env |= {f"GIT_{who}_NAME": "Ada", f"GIT_{who}_EMAIL": "ada@example.com"}
+    return env
+
+
+def git(*args: str, cwd: Path, env: dict[str, str]) -> str:
+    return run(["git", *args], cwd, env).stdout
 
 
 def defaults(project: Path) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import NO_DATA, ROOT, run
+from conftest import NO_DATA, ROOT, git, git_env, run
 
 try:
     import tomllib
@@ -19,18 +19,6 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 TEMPLATE_VERSION = json.loads((ROOT / "cookiecutter.json").read_text())["_template_version"]
-
-
-def git_env(home: Path, identity: bool = True) -> dict[str, str]:
-    """This environment, with a git that reads no configuration of this machine; with or without
-    a name and email."""
-    home.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") and k != "EMAIL"}
-    env |= {"HOME": str(home), "XDG_CONFIG_HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1"}
-    if identity:
-        for who in ("AUTHOR", "COMMITTER"):
-            env |= {f"GIT_{who}_NAME": "Ada", f"GIT_{who}_EMAIL": "ada@example.com"}
-    return env
 
 
 @pytest.fixture(scope="session")
@@ -184,10 +172,6 @@ def test_tensorboard_answer_sets_the_flag_and_the_dependency(cookies) -> None:
         assert defaults(project)["tensorboard"] is chosen
         meta = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))["project"]
         assert ("tensorboard>=2.14" in meta["dependencies"]) is chosen
-
-
-def git(*args: str, cwd: Path, env: dict[str, str]) -> str:
-    return run(["git", *args], cwd, env).stdout
 
 
 @pytest.mark.slow

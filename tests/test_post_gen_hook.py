@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NO_DATA, render_hook, run
+from conftest import NO_DATA, git, git_env, render_hook
 
 TEMPLATE_VERSION = render_hook("post_gen_project").ANSWERS["_template_version"]
 
@@ -173,22 +173,6 @@ def test_paths_are_shown_from_where_cookiecutter_ran(
     assert hook.shown(project) == shown.format(tmp=project.parent)
     spaced = shown.format(tmp=project.parent).replace("my_pytorch_project", "with space")
     assert hook.shown(project.parent / "with space") == f"'{spaced}'"  # quoted for the shell
-
-
-def git_env(home: Path, identity: bool = True) -> dict[str, str]:
-    """This environment, with a git that reads no configuration of this machine; with or without
-    a name and email."""
-    home.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") and k != "EMAIL"}
-    env |= {"HOME": str(home), "XDG_CONFIG_HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1"}
-    if identity:
-        for who in ("AUTHOR", "COMMITTER"):
-            env |= {f"GIT_{who}_NAME": "Ada", f"GIT_{who}_EMAIL": "ada@example.com"}
-    return env
-
-
-def git(*args: str, cwd: Path, env: dict[str, str]) -> str:
-    return run(["git", *args], cwd, env).stdout
 
 
 @pytest.mark.parametrize(
