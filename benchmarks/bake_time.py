@@ -2,8 +2,10 @@
 
     python benchmarks/bake_time.py               # 5 repeats of each
     python benchmarks/bake_time.py --repeats 9
+    python benchmarks/bake_time.py --against 47e44f2   # and the template at that commit, same run
 
-Each line: median, min and max seconds over the repeats, each run a fresh process as a user's is.
+Each line: median, min and max seconds over the repeats, each run a fresh process as a user's is;
+the cases take turns, so that a machine slowing down or speeding up weighs on all of them alike.
 Then where the post-gen hook's time goes: its steps timed one after the other in a fresh process,
 as the hook runs them, in a project baked without data.
 """
@@ -57,6 +59,7 @@ def wall_time(command: list[str], cwd: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="runs of each command")
+    parser.add_argument("--against", metavar="COMMIT", help="also bake the template at COMMIT")
     args = parser.parse_args(argv)
 
     config = Path(tempfile.mkdtemp()) / "cookiecutter.yaml"  # replays not in ~, as a user's
@@ -70,18 +73,29 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "cookiecutter --no-input (defaults)": lambda out: [*bake, str(out)],
     }  # fmt: skip
-    medians = {}
-    print(f"{args.repeats} runs each; seconds: median (min - max)")
-    for name, command in cases.items():
-        times = []
-        for _ in range(args.repeats):
+    cases_now = "cookiecutter --no-input (defaults)"
+    if args.against:
+        then = Path(tempfile.mkdtemp()) / "template"
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(then)], check=True)
+        subprocess.run(["git", "checkout", "-q", args.against], cwd=then, check=True)
+        then_bake = [sys.executable, "-m", "cookiecutter", str(then), "--config-file", str(config)]
+        old = f"cookiecutter --no-input, at {args.against}"
+        cases[old] = lambda out: [*then_bake, "--no-input", "-o", str(out)]
+    times = {name: [] for name in cases}
+    for _ in range(args.repeats):
+        for name, command in cases.items():
             out = Path(tempfile.mkdtemp())
-            times.append(wall_time(command(out), cwd=out))
+            times[name].append(wall_time(command(out), cwd=out))
             shutil.rmtree(out)
-        medians[name] = statistics.median(times)
-        print(f"  {name:40} {medians[name]:5.2f} ({min(times):.2f} - {max(times):.2f})")
+    print(f"{args.repeats} runs each; seconds: median (min - max)")
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    for name, t in times.items():
+        print(f"  {name:40} {medians[name]:5.2f} ({min(t):.2f} - {max(t):.2f})")
+    if args.against:
+        print(f"defaults now / at {args.against}: {medians[cases_now] / medians[old]:.2f}")
+        shutil.rmtree(then.parent)
     full, torch_import = (
-        medians["cookiecutter --no-input (defaults)"],
+        medians[cases_now],
         medians["python -c 'import torch'"],
     )
     print(f"defaults / import torch: {full / torch_import:.1f}x")

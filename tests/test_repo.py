@@ -51,8 +51,11 @@ def test_the_benchmarks_run_and_print_their_tables() -> None:
     out = run([*loaders, "--small", "300", "--large", "20"], ROOT).stdout
     for name in ("article, 6 workers", "files, 2 workers", "packed, 0 workers", "limit: NumPy"):
         assert out.count(f"  {name}") == 2, out  # one row for each sample shape
-    bake = run([sys.executable, "benchmarks/bake_time.py", "--repeats", "1"], ROOT).stdout
+    bake_time = [sys.executable, "benchmarks/bake_time.py", "--repeats", "1"]
+    bake = run([*bake_time, "--against", "HEAD"], ROOT).stdout
     assert "cookiecutter --no-input (defaults)" in bake and "defaults / import torch:" in bake
+    assert re.search(r"cookiecutter --no-input, at HEAD +[\d.]+", bake), bake
+    assert re.search(r"defaults now / at HEAD: [\d.]+", bake), bake
     assert "train one epoch with 2 workers" in bake  # the post-gen hook's steps
     one_test = "test_dataset_returns_each_saved_tensor_and_its_label"
     tests = [sys.executable, "benchmarks/test_time.py", "--repeats", "1", "--only", "project"]
