@@ -409,9 +409,12 @@ def test_ctrl_c_keeps_the_last_complete_epoch_and_resume_goes_on(
     command = [sys.executable, "pytorch_script.py", "--device", "cpu", "--data-dir", str(tiny_data)]
     command += ["--runs-dir", str(runs_dir), "--no-tensorboard"]
     command += ["--num-workers", "2", "--batch-size", "8"]
+    # Ctrl-C's default action in the run, even when these tests were started with SIGINT
+    # ignored (nohup, a shell's `&`), which a child would inherit.
     run = subprocess.Popen(
-        [*command, "--max-epochs", "1000"], cwd=PROJECT, stderr=subprocess.PIPE, text=True
-    )
+        [*command, "--max-epochs", "1000"], cwd=PROJECT, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.default_int_handler),
+    )  # fmt: skip
     deadline = time.monotonic() + 120
     while not (metrics_csv.exists() and len(metrics_csv.read_text().splitlines()) > 3):
         assert time.monotonic() < deadline and run.poll() is None
