@@ -201,13 +201,20 @@ def test_cruft_creates_checks_and_updates_a_project(template_repo: Path, tmp_pat
 
     stale = subprocess.run([*cruft, "check"], cwd=project, env=env, capture_output=True, text=True)
     assert stale.returncode != 0
-    run([*cruft, "update", "--skip-apply-ask", "--allow-untracked-files"], project, env)
+    # The README's way to keep underscored answers through an update (cruft renders them with
+    # their defaults otherwise, which here would write sample data and run the smoke test twice).
+    config = tmp_path / "cookiecutter.yaml"
+    config.write_text(yaml.safe_dump({"default_context": NO_DATA}))
+    update = [*cruft, "update", "--skip-apply-ask", "--allow-untracked-files"]
+    updated = run(update, project, env | {"COOKIECUTTER_CONFIG": str(config)})
+    assert "Smoke test" not in updated.stdout + updated.stderr, updated.stdout + updated.stderr
+    assert "sample" not in updated.stdout + updated.stderr, updated.stdout + updated.stderr
     run([*cruft, "check"], project, env)
     assert (project / "README.md").read_text().endswith("\nA line from a newer template.\n")
     assert (project / "notes.md").read_text() == "my notes\n"
     saved = json.loads((project / ".cookiecutter.json").read_text())["cookiecutter"]
     assert saved["_template_version"] == "99.0.0"
-    # cruft renders underscored answers with their defaults (README), yet the user's stay.
+    # The update's answers are the ones saved at create, not the config's.
     assert saved["_create_sample_data"] is False and saved["_run_smoke_test"] is False
 
 
