@@ -28,7 +28,7 @@ from torch import nn
 
 from my_classes import Dataset, build_model
 from plumbing import checkpoints, cli, distributed, loader, metrics, packed, runs
-from plumbing.data import load_partition
+from plumbing.data import load_partition, num_classes
 from plumbing.errors import exit_status
 
 
@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> None:
 
     # Model, loss and optimizer
     args.input_shape = loader.shape_of(training_set, args.loader_timeout)
-    args.num_classes = max(labels.values()) + 1
+    # The largest label + 1 (--num-classes sets it: a class absent from the data, say)
+    args.num_classes = num_classes(labels, args.num_classes, args.data_dir)
     model = build_model(args.input_shape, args.num_classes).to(device)
     loss_fn = nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)

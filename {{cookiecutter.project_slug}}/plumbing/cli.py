@@ -117,6 +117,11 @@ def training_args(argv: list[str] | None, description: str) -> argparse.Namespac
         help="epochs to train",
     )
     p.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate")
+    p.add_argument(
+        "--num-classes",
+        type=positive_int,
+        help="classes the model tells apart (default: the largest label + 1)",
+    )
     p.add_argument("--seed", type=int, default=0, help="same seed, same run (on the CPU)")
     p.add_argument(
         "--device",

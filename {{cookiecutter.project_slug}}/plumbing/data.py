@@ -122,6 +122,29 @@ def load_partition(data_dir: str | Path) -> tuple[dict[str, list[str]], dict[str
     return partition, {ID: labels[ID] for ID in seen}  # only the labels of listed IDs
 
 
+def num_classes(labels: dict[str, int], given: int | None, data_dir: str | Path) -> int:
+    """How many classes the model tells apart: given (--num-classes), else the largest label
+    plus one, unless that is far more than the labels in use (a label typed wrong, 1048576 for
+    6, would make the last layer of a million classes)."""
+    ID = max(labels, key=labels.__getitem__)
+    largest, where = labels[ID], Path(data_dir) / "labels.json"
+    if given is not None:
+        if largest >= given:
+            raise DataError(
+                f"{where}: the label of {ID!r} is {largest}, but --num-classes {given} allows"
+                f" labels 0 to {given - 1}: correct it, or pass --num-classes {largest + 1}"
+            )
+        return given
+    in_use = len(set(labels.values()))
+    if largest + 1 > max(1000, 2 * in_use):
+        raise DataError(
+            f"{where}: the label of {ID!r} is {largest}, but only {in_use} different labels are"
+            f" in use: correct it, or pass --num-classes {largest + 1} to train with that many"
+            " classes anyway"
+        )
+    return largest + 1
+
+
 def _read_json(path: Path) -> object:
     try:
         return json.loads(path.read_text(encoding="utf-8"))

@@ -170,6 +170,17 @@ CASES = {
     "label a string": bad_labels(relabel(first_train, "3"), "the label of '{train[0]}' is '3'"),
     "label a float": bad_labels(relabel(first_train, 1.5), "the label of '{train[0]}' is 1.5"),
     "label a boolean": bad_labels(relabel(first_train, True), "the label of '{train[0]}' is True"),
+    # A label typed wrong: a model of a million (or 10^12) classes would train, or fail to
+    # allocate, saying nothing of the label.
+    "label 2**20": bad_labels(
+        relabel(first_train, 2**20),
+        "the label of '{train[0]}' is 1048576, but only 5 different labels are in use: correct"
+        " it, or pass --num-classes 1048577 to train with that many classes anyway",
+    ),
+    "label 10**12": bad_labels(
+        relabel(first_train, 10**12),
+        "the label of '{train[0]}' is 1000000000000, but only 5 different labels are in use",
+    ),
 }
 
 
@@ -193,6 +204,27 @@ def test_broken_data_is_named_and_left_as_it_was(
     # The data, an earlier run's metrics: as they were; no run directory, no code run.
     assert (snapshot(tiny_data), snapshot(tmp_path)) == before
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["run-1"]
+
+
+def test_num_classes_trains_with_classes_absent_from_the_data_and_refuses_a_label_above_it(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Labels 0 to 3 in the data, a model of 6 classes; then a label of 9 with --num-classes 6."""
+    flags = ["--num-workers", "0", "--max-epochs", "1", "--num-classes", "6"]
+    assert train(tiny_data, tmp_path / "runs" / "r", *flags) == 0
+    checkpoint = torch.load(tmp_path / "runs" / "r" / "last.pt", weights_only=True)
+    assert checkpoint["num_classes"] == 6
+    capsys.readouterr()
+
+    partition, labels = load_partition(tiny_data)
+    write_json(tiny_data, "labels.json", labels | {partition["validation"][1]: 9})
+    assert train(tiny_data, tmp_path / "runs" / "r2", *flags) == 1
+    err = capsys.readouterr().err
+    expected = (
+        f"error: {tiny_data / 'labels.json'}: the label of '{partition['validation'][1]}' is 9,"
+        " but --num-classes 6 allows labels 0 to 5: correct it, or pass --num-classes 10\n"
+    )
+    assert err == expected
 
 
 @pytest.mark.parametrize("data_format", ["auto", "files"])
