@@ -24,6 +24,17 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=300)
 
 
+# torch 2.13's gloo (the CPU's backend) sometimes aborts a rank at interpreter exit, after the
+# run has ended and written everything: SIGABRT, "terminate called without an active exception",
+# about one launch in ten on a loaded 2-core machine (README). That exit alone is not this
+# project's failure; what the run printed and wrote is checked in full either way.
+GLOO_ABORT_AT_EXIT = "terminate called without an active exception"
+
+
+def ended(result: subprocess.CompletedProcess) -> bool:
+    return result.returncode == 0 or GLOO_ABORT_AT_EXIT in result.stderr
+
+
 @pytest.fixture
 def odd_data(tmp_path: Path) -> Path:
     """75 validation samples: one rank gets a padded repeat that must not count."""
@@ -57,7 +68,7 @@ def test_two_ranks_learn_and_report_what_one_process_measures(
         "--data-dir", str(odd_data), "--runs-dir", str(runs_dir), "--max-epochs", "4",
         "--num-workers", "1", "--batch-size", "16",
     )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert ended(result), result.stdout + result.stderr
     assert result.stdout.count("epoch 4/4") == 1, "only rank 0 prints"
     assert "on each of 2 ranks" in result.stdout
     run_dir = runs_dir / "run-2"  # one run directory, named by rank 0, written by rank 0
@@ -80,7 +91,7 @@ def test_two_ranks_learn_and_report_what_one_process_measures(
         "--data-dir", str(odd_data), "--runs-dir", str(runs_dir), "--max-epochs", "5",
         "--num-workers", "0", "--batch-size", "16", "--resume", "run-2",
     )  # fmt: skip
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert ended(resumed), resumed.stdout + resumed.stderr
     assert resumed.stdout.count(f"resuming {run_dir} after epoch 4") == 1
     assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == 5
 
