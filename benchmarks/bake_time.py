@@ -66,14 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     config.write_text(f"replay_dir: {json.dumps(str(config.parent))}\n")
     bake = [sys.executable, "-m", "cookiecutter", str(ROOT), "--config-file", str(config)]
     bake += ["--no-input", "-o"]
+    cases_now = "cookiecutter --no-input (defaults)"
     cases = {
         "python -c 'import torch'": lambda out: [sys.executable, "-c", "import torch"],
         "cookiecutter, no data, no smoke test": lambda out: [
             *bake, str(out), "_create_sample_data=false", "_run_smoke_test=false"
         ],
-        "cookiecutter --no-input (defaults)": lambda out: [*bake, str(out)],
+        cases_now: lambda out: [*bake, str(out)],
     }  # fmt: skip
-    cases_now = "cookiecutter --no-input (defaults)"
     if args.against:
         then = Path(tempfile.mkdtemp()) / "template"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(then)], check=True)
