@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from my_classes import Dataset, build_model
-from plumbing import checkpoints, cli, distributed, loader, metrics, packed, runs
+from plumbing import checkpoints, cli, distributed, loader, metrics, packed, preemption, runs
 from plumbing.data import load_partition, num_classes
 from plumbing.errors import exit_status
 
@@ -87,13 +87,15 @@ def fit(
     device, say = args.device, distributed.say  # rank 0 speaks for all
     # Mixed precision (--amp): float16 on CUDA needs its gradients scaled
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp and device.type == "cuda")
-    start_epoch, best_score = runs.start(args, model, optimizer, scaler, say)
+    start_epoch, best_score, inside = runs.start(args, model, optimizer, scaler, say)
     log = metrics.Log(args, start_epoch, loader.data_bound_hint(args, training_generator), say)
     say(loader.describe(training_generator, validation_generator, args))
     model = distributed.parallel(model)
     # Objects made so far live as long as the run: keep the garbage collector of each forked
     # worker from writing to them, which would copy their pages into it (tens of MB each).
     gc.freeze()
+    # SIGTERM, SIGUSR1 (a cluster's preemption or time limit): stop after a batch, resumable
+    stop = preemption.StopSignals()
     try:
         # Loop over epochs
         for epoch in range(start_epoch, max_epochs + 1):
@@ -101,10 +103,18 @@ def fit(
             training_generator.sampler.set_epoch(epoch)  # a new order, the same on every rank
             loader.seed_epoch(args.seed, epoch)  # what this epoch draws, resumed or not
 
-            # Training
-            train_loss, data_wait = train(
-                model, training_generator, loss_fn, optimizer, scaler, args, device, epoch
-            )
+            # Training (a run stopped inside this epoch goes on after its last batch)
+            try:
+                train_loss, data_wait = train(
+                    model, training_generator, loss_fn, optimizer, scaler, args, device, epoch,
+                    stop, inside,
+                )  # fmt: skip
+            except preemption.Stopped as stopped:  # last.pt keeps where: --resume goes on there
+                checkpoints.save_inside_epoch(
+                    args, model, optimizer, scaler, stopped.position, best_score
+                )
+                raise
+            inside = None
 
             # Validation
             val_loss, val_accuracy = validate(model, validation_generator, loss_fn, args, device)
@@ -116,11 +126,14 @@ def fit(
                 best_score = checkpoints.save_epoch(
                     args, model, optimizer, scaler, epoch, score, best_score
                 )
+            if epoch < max_epochs and stop.agreed():  # a signal during validation or saving
+                raise preemption.Stopped(stop.name, epoch)
         if start_epoch > max_epochs:
             say(f"nothing to do: {args.run_dir} is at epoch {start_epoch - 1} of {max_epochs}")
     finally:
         gc.unfreeze()
         log.close()
+        stop.close()
 
 
 def train(
@@ -132,12 +145,18 @@ def train(
     args: argparse.Namespace,
     device: torch.device,
     epoch: int,
+    stop: preemption.StopSignals,
+    inside: checkpoints.Position | None = None,
 ) -> tuple[float, float]:
-    """One pass over the training set; returns the mean loss (over every rank) and the share of
-    the time spent waiting for batches."""
+    """One pass over the training set, or over what a run stopped inside this epoch left of
+    it; returns the mean loss (over every rank) and the share of the time spent waiting for
+    batches. A signal stops it after a batch: preemption.Stopped."""
     model.train()
     loss_sum = torch.zeros((), device=device)
-    num_samples = 0
+    num_samples = done = 0
+    if inside:  # the batches trained before the stop: skipped, not read again
+        inside.go_on(training_generator)
+        loss_sum, num_samples, done = inside.loss_sum.to(device), inside.num_samples, inside.batches
     desc = f"epoch {epoch}/{args.max_epochs}" if distributed.rank() == 0 else None
     batches = loader.Batches(training_generator, args.loader_timeout, max_batches(args), desc)
     for local_batch, local_labels in batches:
@@ -156,6 +175,10 @@ def train(
         # Summed on the device: calling .item() every step would wait for the GPU each time.
         loss_sum += loss.detach().float() * len(local_labels)
         num_samples += len(local_labels)
+        done += 1
+        if stop.requested():  # a signal: stop here, on every rank
+            where = checkpoints.Position(epoch, done, loss_sum, num_samples)
+            raise preemption.Stopped(stop.name, epoch, where)
     loss_sum, num_samples = distributed.all_sum([loss_sum.item(), num_samples], device)
     return loss_sum / num_samples, batches.data_wait
 

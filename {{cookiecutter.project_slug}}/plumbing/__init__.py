@@ -9,5 +9,6 @@
 - loader: the DataLoader arguments, worker seeds, time-outs, failures with known causes
 - metrics: what a run prints and logs each epoch (CSV, TensorBoard)
 - packed: pack_data.py's copy of the data: reading it, and when it is current
+- preemption: SIGTERM and SIGUSR1 stop a run after a batch, on every rank, resumably
 - runs: one directory per run: runs/<name>/
 """

@@ -8,14 +8,17 @@ They hold tensors and plain types only, so that torch.load(path, weights_only=Tr
 """
 
 import argparse
+import io
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from plumbing.distributed import unwrapped
+from plumbing.distributed import rank, unwrapped
 from plumbing.errors import CheckpointError, load_error, write_error
 from plumbing.files import atomic_write
 
@@ -29,7 +32,57 @@ KEYS = (
     "rng",  # the random generators of the training process
     "input_shape",
     "num_classes",
+    "settings",  # what a run resumed from it must share with it: --batch-size, the data
+    "inside",  # where training stopped inside the next epoch (a signal), or None
 )
+NEW_IN_0_4 = ("settings", "inside")  # what checkpoints of template 0.3 lack, and still load
+
+
+@dataclass
+class Position:
+    """Where one rank's training stopped inside an epoch, and the sums of the epoch so far."""
+
+    epoch: int
+    batches: int  # trained in this epoch
+    loss_sum: torch.Tensor  # the loss times the batch size, summed on the device
+    num_samples: int
+    rng: dict | None = None  # this rank's random generators there (rng_states)
+
+    def go_on(self, training_generator: torch.utils.data.DataLoader) -> None:
+        """Skip the batches trained, without reading them, and draw on as the run would have."""
+        training_generator.sampler.set_epoch(
+            self.epoch, start=self.batches * training_generator.batch_size
+        )
+        set_rng_states(self.rng)
+
+
+def contents(
+    args: argparse.Namespace,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    epoch: int,
+    best_score: float,
+) -> dict:
+    model = unwrapped(model)
+    return {
+        "model": model.state_dict(),
+        "model_class": type(model).__qualname__,
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": epoch,
+        "best_score": best_score,
+        "rng": rng_states(),
+        "input_shape": list(args.input_shape),
+        "num_classes": args.num_classes,
+        "settings": settings(args),
+        "inside": None,
+    }
+
+
+def settings(args: argparse.Namespace) -> dict:
+    """What a run resumed from the checkpoint must share with the run that saved it."""
+    return {"batch_size": args.batch_size, "data": args.data_digest}
 
 
 def save_epoch(
@@ -43,22 +96,37 @@ def save_epoch(
 ) -> float:
     """Save the run's last.pt, and best.pt too when score beats best_score; returns the new
     best score."""
-    model = unwrapped(model)
-    checkpoint = {
-        "model": model.state_dict(),
-        "model_class": type(model).__qualname__,
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "epoch": epoch,
-        "best_score": max(score, best_score),
-        "rng": rng_states(),
-        "input_shape": list(args.input_shape),
-        "num_classes": args.num_classes,
-    }
+    checkpoint = contents(args, model, optimizer, scaler, epoch, max(score, best_score))
     save(checkpoint, args.run_dir / "last.pt")
     if score > best_score:
         save(checkpoint, args.run_dir / "best.pt")
     return max(score, best_score)
+
+
+def save_inside_epoch(
+    args: argparse.Namespace,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    position: Position,
+    best_score: float,
+) -> None:
+    """Save last.pt where training stopped inside an epoch (on every rank: rank 0 writes what
+    each rank has there). best.pt stays: no epoch ended."""
+    here = {"loss_sum": position.loss_sum.cpu(), "num_samples": position.num_samples}
+    here["rng"] = rng_states()
+    ranks = [here]
+    if dist.is_initialized():  # as bytes: all_gather_object would unpickle tensors unsafely
+        ranks = [None] * dist.get_world_size()
+        buffer = io.BytesIO()
+        torch.save(here, buffer)
+        dist.all_gather_object(ranks, buffer.getvalue())
+        ranks = [torch.load(io.BytesIO(state), weights_only=True) for state in ranks]
+    if args.run_dir is None or rank() != 0:
+        return
+    checkpoint = contents(args, model, optimizer, scaler, position.epoch - 1, best_score)
+    checkpoint["inside"] = {"epoch": position.epoch, "batches": position.batches, "ranks": ranks}
+    save(checkpoint, args.run_dir / "last.pt")
 
 
 def save(checkpoint: dict, path: Path) -> None:
@@ -83,7 +151,11 @@ def load(path: Path, device: torch.device) -> dict:
             f"{path} is not a checkpoint this script can load ({load_error(err)}): copy best.pt"
             f" over it to resume from there, or start a new run with another --run-name"
         ) from None
-    missing = [key for key in KEYS if not isinstance(checkpoint, dict) or key not in checkpoint]
+    missing = [
+        key
+        for key in KEYS
+        if key not in NEW_IN_0_4 and (not isinstance(checkpoint, dict) or key not in checkpoint)
+    ]
     if missing:
         raise CheckpointError(
             f"{path} is not a checkpoint of pytorch_script.py (it lacks {', '.join(missing)}):"
@@ -97,18 +169,30 @@ def resume(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
-    input_shape: tuple[int, ...],
-    num_classes: int,
-    device: torch.device,
-) -> tuple[int, float]:
+    args: argparse.Namespace,
+) -> tuple[int, float, Position | None]:
     """Load path into model, optimizer, scaler and the random generators; returns the epoch to
-    start from and the best score so far. This run's --lr applies, as every other flag."""
-    checkpoint = load(path, device)
+    start from, the best score so far, and this rank's Position when the run stopped inside
+    that epoch. This run's --lr applies, as every other flag."""
+    checkpoint = load(path, args.device)
     saved_for = (tuple(checkpoint["input_shape"]), checkpoint["num_classes"])
-    if saved_for != (input_shape, num_classes):
+    if saved_for != (args.input_shape, args.num_classes):
         raise CheckpointError(
             f"{path} was saved for samples of shape {saved_for[0]} in {saved_for[1]} classes;"
-            f" the data has shape {input_shape} in {num_classes}: start a new run (--run-name)"
+            f" the data has shape {args.input_shape} in {args.num_classes}: start a new run"
+            " (--run-name)"
+        )
+    saved_with = checkpoint.get("settings") or settings(args)  # older checkpoints: not known
+    if saved_with["batch_size"] != args.batch_size:
+        raise CheckpointError(
+            f"{path} was saved with --batch-size {saved_with['batch_size']}, this run has"
+            f" {args.batch_size}: resume with --batch-size {saved_with['batch_size']}, or start"
+            " a new run (--run-name)"
+        )
+    if saved_with["data"] != args.data_digest:
+        raise CheckpointError(
+            f"{path} was saved on other data: {args.data_dir / 'partition.json'} or labels.json"
+            " changed since; put them back, or start a new run (--run-name)"
         )
     if checkpoint["model_class"] != type(model).__qualname__:
         raise CheckpointError(
@@ -135,7 +219,25 @@ def resume(
     for group, lr in zip(optimizer.param_groups, lrs, strict=True):
         group["lr"] = lr
     set_rng_states(checkpoint["rng"])
-    return checkpoint["epoch"] + 1, checkpoint["best_score"]
+    return checkpoint["epoch"] + 1, checkpoint["best_score"], position(path, checkpoint)
+
+
+def position(path: Path, checkpoint: dict) -> Position | None:
+    """This rank's Position in a checkpoint saved inside an epoch; None for one saved at its end."""
+    inside = checkpoint.get("inside")
+    if not inside:
+        return None
+    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    if len(inside["ranks"]) != world_size:
+        raise CheckpointError(
+            f"{path} was saved inside epoch {inside['epoch']} by {len(inside['ranks'])}"
+            f" processes, this run has {world_size}: resume with as many (torchrun"
+            " --nproc_per_node), or start a new run (--run-name)"
+        )
+    mine = inside["ranks"][rank()]
+    return Position(
+        inside["epoch"], inside["batches"], mine["loss_sum"], mine["num_samples"], mine["rng"]
+    )
 
 
 def differing_keys(expected: dict, saved: dict, show: int = 3) -> str:

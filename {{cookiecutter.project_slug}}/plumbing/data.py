@@ -1,5 +1,6 @@
 """Read and check the article's two dicts and one sample file, and keep IDs compactly."""
 
+import hashlib
 import io
 import json
 from collections.abc import Sequence
@@ -143,6 +144,15 @@ def num_classes(labels: dict[str, int], given: int | None, data_dir: str | Path)
             " classes anyway"
         )
     return largest + 1
+
+
+def digest(data_dir: str | Path) -> str:
+    """A digest of partition.json and labels.json: which samples a run trains on, and their
+    labels (the sample files are not read: a checkpoint names the data it was saved on)."""
+    sha = hashlib.sha256()
+    for name in ("partition.json", "labels.json"):
+        sha.update((Path(data_dir) / name).read_bytes())
+    return sha.hexdigest()[:16]
 
 
 def _read_json(path: Path) -> object:

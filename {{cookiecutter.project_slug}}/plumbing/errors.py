@@ -63,9 +63,11 @@ def write_error(path: Path, err: Exception, otherwise: str) -> str:
 
 def exit_status(run: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> int:
     """run(args), with every failure of a known cause said in one line: exit status 1, or 130
-    for Ctrl-C. Any other error keeps its traceback, which helps more."""
+    for Ctrl-C, or 75 (RESUMABLE) for a stop on SIGTERM or SIGUSR1. Any other error keeps its
+    traceback, which helps more."""
     from plumbing import distributed
     from plumbing.loader import LoaderTimeout, loader_failure
+    from plumbing.preemption import RESUMABLE, Stopped
 
     try:
         try:
@@ -76,13 +78,17 @@ def exit_status(run: Callable[[argparse.Namespace], None], args: argparse.Namesp
                 for directory in (run_dir, run_dir.parent):
                     with contextlib.suppress(OSError):  # not empty: it stays
                         directory.rmdir()
-    except (*ONE_LINE, OSError, RuntimeError, LoaderTimeout, KeyboardInterrupt) as err:
+    except (*ONE_LINE, OSError, RuntimeError, LoaderTimeout, KeyboardInterrupt, Stopped) as err:
         message = loader_failure(err, args)
         if isinstance(err, RuntimeError) and message is None:
             raise
         # Free the DataLoader workers now: the exception's frames hold them in a reference
         # cycle, which only the garbage collector would break, 10 s later (torch's shutdown).
         traceback.clear_frames(err.__traceback__)
+        if isinstance(err, Stopped):  # saved: rank 0 says where
+            if distributed.rank() == 0:
+                print(err.where(getattr(args, "run_dir", None)), file=sys.stderr)
+            return RESUMABLE
         who = f" (rank {os.environ['RANK']})" if "RANK" in os.environ else ""
         if isinstance(err, KeyboardInterrupt):
             run_dir = getattr(args, "run_dir", None)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from plumbing import distributed
+from plumbing import distributed, preemption
 from plumbing.errors import DataError, SetupError
 
 
@@ -67,7 +67,7 @@ def make(
         # PackedDataset hands over whole batches, already stacked.
         collate_fn=getattr(dataset, "collate_fn", None),
         worker_init_fn=(
-            functools.partial(init_worker, args.seed, sampler.shared_epoch)
+            functools.partial(init_worker, args.seed, sampler.shared_epoch, preemption.holding())
             if num_workers > 0
             else None
         ),
@@ -125,7 +125,8 @@ def data_bound_hint(
 
 class EpochSampler(torch.utils.data.DistributedSampler):
     """DistributedSampler whose epoch the DataLoader workers see too, in shared memory, so
-    that they can seed themselves for each epoch (init_worker)."""
+    that they can seed themselves for it (init_worker), and which can start an epoch after its
+    first samples (a run resumed inside an epoch) without reading them."""
 
     def __init__(self, dataset: torch.utils.data.Dataset, shuffle: bool, seed: int) -> None:
         super().__init__(
@@ -136,10 +137,19 @@ class EpochSampler(torch.utils.data.DistributedSampler):
             seed=seed,
         )
         self.shared_epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """This epoch's order, from its sample number start on (0: all of it)."""
         super().set_epoch(epoch)
         self.shared_epoch.fill_(epoch)
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        return islice(super().__iter__(), self.start, None)
+
+    def __len__(self) -> int:
+        return super().__len__() - self.start
 
 
 def seed_everything(seed: int) -> None:
@@ -149,36 +159,34 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def epoch_seed(seed: int, epoch: int, worker: int) -> int:
-    """The seed of one process for one epoch: this rank's main process (worker 0) or one of
-    its DataLoader workers (1, 2, ...). Ranks and workers draw apart; runs repeat."""
-    key = [seed % 2**63, epoch, distributed.rank(), worker]
+def epoch_seed(seed: int, epoch: int, part: int) -> int:
+    """The seed of this rank's main process for an epoch (part 0), or of the DataLoader worker
+    that reads a batch (part 1 + the batch's first sample). Ranks and batches draw apart; runs
+    repeat."""
+    key = [seed % 2**63, epoch, distributed.rank(), part]
     return int(np.random.SeedSequence(key).generate_state(1)[0])
 
 
 def seed_epoch(seed: int, epoch: int) -> None:
     """Seed this process for an epoch: what it draws (random augmentation with --num-workers 0,
     dropout) is then a function of the seed, the epoch and the rank, resumed or not."""
-    seed_everything(epoch_seed(seed, epoch, worker=0))
+    seed_everything(epoch_seed(seed, epoch, part=0))
 
 
-def init_worker(seed: int, epoch: torch.Tensor, worker_id: int) -> None:
-    """In each DataLoader worker. Persistent workers live for the whole run, so a seed drawn
-    once would make a resumed run replay the random draws of its first epoch: the worker seeds
-    itself again when an epoch starts, from (--seed, epoch, rank, worker), before its first
-    batch."""
+def init_worker(seed: int, epoch: torch.Tensor, holding: torch.Tensor, worker_id: int) -> None:
+    """In each DataLoader worker. Before each batch, the worker seeds itself from (--seed, epoch,
+    rank, the batch's first sample): what a batch draws (random augmentation) is then the same
+    whichever worker reads it, and in a run resumed inside an epoch, whose workers start over.
+    The signals that stop a run are the training process's to handle (preemption.py)."""
     dataset = torch.utils.data.get_worker_info().dataset
     fetch = getattr(dataset, "__getitems__", None)
-    seeded_for = [None]
 
     def __getitems__(indices: list[int]) -> object:
-        now = int(epoch)
-        if now != seeded_for[0]:
-            seeded_for[0] = now
-            seed_everything(epoch_seed(seed, now, worker_id + 1))
+        seed_everything(epoch_seed(seed, int(epoch), part=1 + int(indices[0])))
         return fetch(indices) if fetch else [dataset[i] for i in indices]
 
     dataset.__getitems__ = __getitems__  # DataLoader's fetcher calls this, if the dataset has it
+    preemption.spare_worker(holding)
     quiet_when_stopped()
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from plumbing import checkpoints, distributed
+from plumbing.data import digest
 from plumbing.errors import CheckpointError
 from plumbing.files import atomic_write_text
 
@@ -21,12 +22,14 @@ def start(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     say: Callable[[str], None],
-) -> tuple[int, float]:
+) -> tuple[int, float, checkpoints.Position | None]:
     """Set args.run_dir (None for --dry-run, which writes nothing) and, with --resume, load its
-    last.pt; returns the first epoch to train and the best score so far."""
+    last.pt; returns the first epoch to train, the best score so far, and where training
+    stopped inside that epoch, if it did (a signal)."""
+    args.data_digest = digest(args.data_dir)  # checkpoints say which data they were saved on
     if args.dry_run:
         args.run_dir = None
-        return 1, float("-inf")
+        return 1, float("-inf"), None
     # Rank 0 chooses (and takes) the directory; under torchrun every other rank follows it.
     decision = None
     if distributed.rank() == 0:
@@ -42,7 +45,7 @@ def start(
     if not resuming:
         nothing = "nothing to resume yet: " if args.resume is not None else ""
         say(f"{nothing}starting {args.run_dir}")
-        return 1, float("-inf")
+        return 1, float("-inf"), None
     data_dir = started_with(args.run_dir).get("data_dir")
     if data_dir is not None and Path(data_dir) != args.data_dir:
         say(f"warning: {args.run_dir} was started with --data-dir {data_dir}; this run reads"
@@ -53,11 +56,12 @@ def start(
             f"{last} not found here, where rank 0 resumes from it: give every machine one"
             " --runs-dir, on a file system they share"
         )
-    start_epoch, best_score = checkpoints.resume(
-        last, model, optimizer, scaler, args.input_shape, args.num_classes, args.device
-    )
-    say(f"resuming {args.run_dir} after epoch {start_epoch - 1}")
-    return start_epoch, best_score
+    start_epoch, best_score, inside = checkpoints.resume(last, model, optimizer, scaler, args)
+    if inside:
+        say(f"resuming {args.run_dir} after batch {inside.batches} of epoch {inside.epoch}")
+    else:
+        say(f"resuming {args.run_dir} after epoch {start_epoch - 1}")
+    return start_epoch, best_score, inside
 
 
 def choose(runs_dir: Path, run_name: str | None, resume: str | None) -> tuple[Path, bool]:

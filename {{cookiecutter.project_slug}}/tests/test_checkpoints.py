@@ -14,6 +14,7 @@ from conftest import read_rows, snapshot, train
 from make_sample_data import make_sample_data
 from my_classes import Net, build_model
 from plumbing import checkpoints
+from plumbing.data import digest
 
 PROJECT = Path(pytorch_script.__file__).parent
 RUN_FILES = ["best.pt", "last.pt", "metrics.csv", "settings.json"]
@@ -63,9 +64,11 @@ def test_every_epoch_saves_last_and_best_loadable_safely(tiny_data: Path, tmp_pa
     best = torch.load(run_dir / "best.pt", weights_only=True)
     assert set(last) == {
         "model", "model_class", "optimizer", "scaler", "epoch", "best_score", "rng",
-        "input_shape", "num_classes",
+        "input_shape", "num_classes", "settings", "inside",
     } == set(checkpoints.KEYS)  # fmt: skip
     assert (last["input_shape"], last["num_classes"]) == ([1, 8, 8], 4)
+    assert last["settings"] == {"batch_size": 32, "data": digest(tiny_data)}
+    assert last["inside"] is None  # saved at the end of an epoch
     assert last["model_class"] == type(build_model((1, 8, 8), 4)).__qualname__
     assert last["epoch"] == 3 and set(last["rng"]) == {"python", "numpy", "torch", "cuda"}
     with open(run_dir / "metrics.csv") as f:

@@ -3,6 +3,7 @@ import functools
 import gc
 import multiprocessing
 import random
+import signal
 import statistics
 import sys
 import threading
@@ -20,7 +21,7 @@ import my_classes
 import pack_data
 from conftest import train
 from my_classes import Dataset
-from plumbing import loader
+from plumbing import loader, preemption
 from plumbing.data import load_partition
 from plumbing.errors import SetupError
 from plumbing.packed import PACKED, PackedDataset
@@ -282,17 +283,22 @@ def test_workers_keep_quiet_about_a_batch_cut_off_by_ctrl_c(
 ) -> None:
     """multiprocessing's thread that hands a batch to the training process reports a broken
     connection through sys.excepthook: after Ctrl-C, one line from the training process is
-    enough. Any other error still shows."""
+    enough. Any other error still shows. The signals that stop a run are left to it too."""
     monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
     generator = make(2, seed=5)
     init = generator.worker_init_fn
     assert isinstance(init, functools.partial) and init.func is loader.init_worker
-    assert init.args == (5, generator.sampler.shared_epoch)
+    assert init.args == (5, generator.sampler.shared_epoch, preemption.holding())
     assert make(0).worker_init_fn is None
     # What a worker runs first: init_worker(seed, epoch, worker_id), as DataLoader calls it.
     worker = types.SimpleNamespace(dataset=Numbers())
     monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: worker)
+    handlers = {}  # what it does to this process's signals, kept from this process
+    monkeypatch.setattr(signal, "signal", lambda signum, action: handlers.update({signum: action}))
     init(0)
+    # A cluster's SIGTERM and SIGUSR1 reach every process of a job: the training process stops
+    # the run (tests/test_preemption.py), its workers must not die first.
+    assert set(handlers) == {signal.SIGTERM, signal.SIGUSR1}
 
     def report(error: BaseException) -> None:
         sys.excepthook(type(error), error, None)
@@ -310,14 +316,14 @@ def test_workers_keep_quiet_about_a_batch_cut_off_by_ctrl_c(
 def test_ranks_and_workers_draw_apart_and_every_epoch_anew(monkeypatch: pytest.MonkeyPatch) -> None:
     """Under torchrun each rank augments its own way: the same flips on every GPU would waste
     the augmentation. Each seed is still a function of the seed, the epoch, the rank and the
-    process, so a resumed run draws what an uninterrupted one draws."""
+    process or batch, so a resumed run draws what an uninterrupted one draws."""
     seeds = set()
     for rank in ("0", "1"):
         monkeypatch.setenv("RANK", rank)
         for epoch in (1, 2):
-            for worker in (0, 1, 2):
-                seeds.add(loader.epoch_seed(7, epoch, worker))
-                assert loader.epoch_seed(7, epoch, worker) == loader.epoch_seed(7, epoch, worker)
+            for part in (0, 1, 2):
+                seeds.add(loader.epoch_seed(7, epoch, part))
+                assert loader.epoch_seed(7, epoch, part) == loader.epoch_seed(7, epoch, part)
     assert len(seeds) == 2 * 2 * 3
     monkeypatch.setenv("RANK", "1")
     loader.seed_epoch(7, 3)

@@ -1,0 +1,120 @@
+"""SIGTERM and SIGUSR1, as a cluster sends them to preempt a job or before its time limit (and
+Kubernetes to stop a pod), stop a run at the end of the batch it trains: pytorch_script.py then
+saves where it is inside the epoch and exits with RESUMABLE, and --resume goes on from there.
+Under torchrun, every rank stops after the same batch, whichever rank got the signal."""
+
+import functools
+import os
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+import torch
+import torch.distributed as dist
+
+RESUMABLE = 75  # EX_TEMPFAIL of sysexits.h: interrupted, try again (--resume)
+SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))
+
+
+@functools.cache
+def holding() -> torch.Tensor:
+    """1 while a run holds the signals (StopSignals), 0 otherwise, in memory that its DataLoader
+    workers share (spare_worker)."""
+    return torch.zeros((), dtype=torch.int8).share_memory_()
+
+
+def spare_worker(holding: torch.Tensor) -> None:
+    """In a DataLoader worker. A cluster signals every process of a job, workers included: while
+    the training process holds the signals, a worker lives on to serve the batch it stops after.
+    Otherwise the signals end it as usual (multiprocessing ends workers left at exit so)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if not int(holding):
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    for signum in SIGNALS:
+        signal.signal(signum, handler)
+
+
+class Stopped(Exception):
+    """A signal stopped training: after a batch (position: where, inside its epoch; the caller
+    saves it), or at the end of epoch `epoch` (position None: last.pt holds it)."""
+
+    def __init__(self, signal_name: str, epoch: int, position: object = None) -> None:
+        super().__init__(signal_name, epoch)
+        self.signal_name, self.epoch, self.position = signal_name, epoch, position
+
+    def where(self, run_dir: Path | None) -> str:
+        """The line that says where the run stopped and how to go on."""
+        if run_dir is None:
+            return f"stopped by {self.signal_name}: nothing was written (--dry-run)"
+        if self.position is None:
+            after = f"after epoch {self.epoch}"
+        else:
+            after = f"after batch {self.position.batches} of epoch {self.epoch}"
+        return (
+            f"stopped by {self.signal_name} {after}: {run_dir / 'last.pt'} holds it;"
+            f" --resume {run_dir.name} goes on from there"
+        )
+
+
+class StopSignals:
+    """Holds SIGTERM and SIGUSR1 from the moment it is made until close(); requested() then
+    says, after each batch, whether to stop there."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None  # the first signal; a second one changes nothing
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():  # only it gets signals
+            self.previous = {signum: signal.signal(signum, self._hold) for signum in SIGNALS}
+            holding().fill_(1)
+        # Under torchrun, the ranks vote after each batch. Over gloo, on the CPU, even beside
+        # NCCL: a vote on the GPU would wait for the GPU at every step.
+        self.group = dist.new_group(backend="gloo") if dist.is_initialized() else None
+        self.vote = self.pending = None
+
+    def _hold(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is None:
+            self.received = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received).name if self.received else "a signal of another rank"
+
+    def requested(self) -> bool:
+        """Whether to stop after this batch; under torchrun, the same answer on every rank
+        after the same batch. The vote of each batch travels while the next one trains, so a
+        signal stops the run one batch later than without torchrun, and no step waits for it."""
+        if self.group is None:
+            return self.received is not None
+        stop = False
+        if self.pending is not None:
+            self.pending.wait()
+            stop = bool(self.vote.item())
+        if not stop:
+            self.vote = torch.tensor([int(self.received is not None)])
+            self.pending = dist.all_reduce(self.vote, group=self.group, async_op=True)
+        else:
+            self.pending = None
+        return stop
+
+    def agreed(self) -> bool:
+        """Whether to stop now, at the end of an epoch: the vote of every rank, waited for."""
+        if self.pending is not None:  # the last batch's vote: this one counts the same signals
+            self.pending.wait()
+            self.pending = None
+        if self.group is None:
+            return self.received is not None
+        vote = torch.tensor([int(self.received is not None)])
+        dist.all_reduce(vote, group=self.group)
+        return bool(vote.item())
+
+    def close(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        if self.previous:
+            holding().fill_(0)
+        if self.group is not None:
+            dist.destroy_process_group(self.group)
