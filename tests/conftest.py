@@ -14,6 +14,8 @@ from cookiecutter.generate import generate_context
 from cookiecutter.prompt import prompt_for_config
 from cookiecutter.utils import create_env_with_context
 
+pytest_plugins = ["one_node_slurm"]  # the fixture slurm_cluster
+
 ROOT = Path(__file__).resolve().parents[1]
 NO_DATA = {"_create_sample_data": False, "_run_smoke_test": False}
 

@@ -29,6 +29,7 @@ ARTICLE_LAYOUT = {
     "pack_data.py",
     "bench_loader.py",
     "plot_metrics.py",
+    "train.sbatch",
     "plumbing/__init__.py",
     "plumbing/checkpoints.py",
     "plumbing/cli.py",
@@ -39,6 +40,7 @@ ARTICLE_LAYOUT = {
     "plumbing/loader.py",
     "plumbing/metrics.py",
     "plumbing/packed.py",
+    "plumbing/preemption.py",
     "plumbing/runs.py",
     "data/.gitkeep",
     "tests/conftest.py",
@@ -53,6 +55,7 @@ ARTICLE_LAYOUT = {
     "tests/test_broken_data.py",
     "tests/test_metrics.py",
     "tests/test_change_where.py",
+    "tests/test_preemption.py",
 }
 
 

@@ -20,7 +20,6 @@ On the default sample data, on a 2-core CPU, the last line reads like
 
 import argparse
 import gc
-import sys
 import time
 
 import torch
@@ -29,7 +28,7 @@ from torch import nn
 from my_classes import Dataset, build_model
 from plumbing import checkpoints, cli, distributed, loader, metrics, packed, preemption, runs
 from plumbing.data import load_partition, num_classes
-from plumbing.errors import exit_status
+from plumbing.errors import exit_now, exit_status
 
 
 def run(args: argparse.Namespace) -> None:
@@ -241,4 +240,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # required: DataLoader workers re-import this file under spawn
-    sys.exit(main())
+    exit_now(main())  # sys.exit(main()), a second sooner (plumbing/errors.py)

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from plumbing.distributed import rank, unwrapped
+from plumbing.distributed import from_rank_0, rank, unwrapped
 from plumbing.errors import CheckpointError, load_error, write_error
 from plumbing.files import atomic_write
 
@@ -122,11 +122,19 @@ def save_inside_epoch(
         torch.save(here, buffer)
         dist.all_gather_object(ranks, buffer.getvalue())
         ranks = [torch.load(io.BytesIO(state), weights_only=True) for state in ranks]
-    if args.run_dir is None or rank() != 0:
-        return
-    checkpoint = contents(args, model, optimizer, scaler, position.epoch - 1, best_score)
-    checkpoint["inside"] = {"epoch": position.epoch, "batches": position.batches, "ranks": ranks}
-    save(checkpoint, args.run_dir / "last.pt")
+    failed = None
+    if args.run_dir is not None and rank() == 0:
+        checkpoint = contents(args, model, optimizer, scaler, position.epoch - 1, best_score)
+        checkpoint["inside"] = {"epoch": position.epoch, "batches": position.batches}
+        checkpoint["inside"]["ranks"] = ranks
+        try:
+            save(checkpoint, args.run_dir / "last.pt")
+        except CheckpointError as err:
+            failed = str(err)
+    # Every rank waits for the save: the first to exit could end the others' job (srun).
+    failed = from_rank_0(failed)
+    if failed:
+        raise CheckpointError(failed)
 
 
 def save(checkpoint: dict, path: Path) -> None:

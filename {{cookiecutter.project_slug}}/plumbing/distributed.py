@@ -83,7 +83,8 @@ def from_rank_0(value: object) -> object:
 
 
 def ranks_note() -> str:
-    return f" on each of {dist.get_world_size()} ranks" if dist.is_initialized() else ""
+    ranks = dist.get_world_size() if dist.is_initialized() else 1
+    return f" on each of {ranks} ranks" if ranks > 1 else ""
 
 
 def world_size() -> int:

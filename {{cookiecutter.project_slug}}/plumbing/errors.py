@@ -1,11 +1,14 @@
-"""The errors a run reports in one line, named for what failed, and the wording they share."""
+"""The errors a run reports in one line, named for what failed, the wording they share, and how
+the script exits."""
 
 import argparse
+import atexit
 import contextlib
 import errno
 import os
 import shutil
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -105,3 +108,15 @@ def exit_status(run: Callable[[argparse.Namespace], None], args: argparse.Namesp
     finally:
         distributed.teardown()
     return 0
+
+
+def exit_now(status: int) -> None:
+    """Exit with status as sys.exit does, atexit handlers included, but without tearing down the
+    modules: torch's teardown takes most of a second, which a preempted job may not have (and
+    gloo's sometimes aborts). A thread that is not a daemon still gets its usual wait."""
+    if any(not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(status)
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

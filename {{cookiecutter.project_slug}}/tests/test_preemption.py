@@ -27,7 +27,7 @@ from plumbing import preemption
 SLOW_RANDOM_AUGMENTATION = (
     AUGMENTATION[0],
     AUGMENTATION[1],
-    AUGMENTATION[2].replace("        return X", "        time.sleep(0.003)\n        return X"),
+    AUGMENTATION[2].replace("        return X", "        time.sleep(0.002)\n        return X"),
 )
 IMPORT_TIME = ("my_classes.py", "import math\n", "import math\nimport time\n")
 STOPPED = re.compile(
