@@ -4,6 +4,7 @@
     python pytorch_script.py               # train: one line per epoch; writes runs/run-1/
     python pytorch_script.py --resume      # go on with the latest run, after a crash
     torchrun --standalone --nproc_per_node=4 pytorch_script.py   # 4 GPUs (or processes) here
+    sbatch train.sbatch                    # on SLURM, requeued through time limits and preemption
     python pack_data.py                    # optional: batched reads from one file per split
     python bench_loader.py                 # which loader settings are fastest on this machine
     python pytorch_script.py --dry-run     # one epoch of two batches per split: a quick check
@@ -12,7 +13,7 @@
     python pytorch_script.py --help        # every flag, with its default
 
 The Dataset and the model are in my_classes.py, the loss and the optimizer in run() below;
-plumbing/ holds the rest (checkpoints, metrics files, torchrun, loader safety).
+plumbing/ holds the rest (checkpoints, metrics files, torchrun, signals, loader safety).
 
 On the default sample data, on a 2-core CPU, the last line reads like
     epoch 100/100  train_loss 0.0000  val_loss 0.0000  val_accuracy 1.0000  data_wait 9%  (0.4 s)

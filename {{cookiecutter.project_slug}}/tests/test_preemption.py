@@ -60,12 +60,12 @@ def rows_in(metrics_csv: Path) -> int:
 
 def stop_inside_an_epoch(
     project: Path, data_dir: Path, flags: list[str], send: Callable[[subprocess.Popen], None],
-    ranks: int = 1,
+    ranks: int = 1, delay: float = 0.3,
 ) -> tuple[int, subprocess.CompletedProcess, re.Match]:  # fmt: skip
     """Start the run `halves` as a requeued job does (--resume, with nothing to resume yet), and
-    once an epoch has ended, send it a signal at a random moment; again from its checkpoint in
-    the rare case that the signal came during validation. Returns the stopped run's process id,
-    what it did, and its line."""
+    once an epoch has ended, send it a signal at a random moment of the next delay seconds;
+    again from its checkpoint in the rare case that the run stopped at the end of an epoch.
+    Returns the stopped run's process id, what it did, and its line."""
     metrics_csv = project / "runs" / "halves" / "metrics.csv"
     for _ in range(3):
         before = rows_in(metrics_csv)
@@ -75,7 +75,7 @@ def stop_inside_an_epoch(
             assert process.poll() is None, finished(process).stderr
             assert time.monotonic() < deadline, "no epoch ended within 120 s"
             time.sleep(0.01)
-        time.sleep(random.uniform(0, 0.3))
+        time.sleep(random.uniform(0, delay))
         send(process)
         result = finished(process)
         stopped = STOPPED.search(result.stderr)
@@ -178,12 +178,15 @@ def rank_1(torchrun: subprocess.Popen) -> int:
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="finds rank 1's process in Linux's /proc")
 def test_a_signal_to_one_rank_stops_every_rank_after_the_same_batch(
-    tmp_path: Path, tiny_data: Path
+    tmp_path: Path, tiny_data: Path, capsys
 ) -> None:
     """Under torchrun, rank 1 alone gets SIGUSR1: both ranks stop after the same batch, rank 0
     saves what each has, and a resumed torchrun ends as one never stopped."""
     project = edited_project(tmp_path, IMPORT_TIME, SLOW_RANDOM_AUGMENTATION)
-    flags = ["--num-workers", "1"]
+    # 24 batches an epoch on each rank; the ranks vote after every 10th (the 10th, 20th, ...
+    # of the run), so a signal early in an epoch stops the run inside it.
+    flags = ["--num-workers", "1", "--batch-size", "4"]
+    assert preemption.VOTE_EVERY == 10
     whole = finished(launch(project, tiny_data, *flags, "--run-name", "whole", ranks=2))
     assert whole.returncode == 0 or GLOO_ABORT_AT_EXIT in whole.stderr, whole.stderr
 
@@ -191,7 +194,7 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_batch(
         os.kill(rank_1(torchrun), signal.SIGUSR1)
 
     run_dir = project / "runs" / "halves"
-    _, result, stopped = stop_inside_an_epoch(project, tiny_data, flags, send, ranks=2)
+    _, result, stopped = stop_inside_an_epoch(project, tiny_data, flags, send, 2, delay=0.05)
     assert stopped[1] == "a signal of another rank", "rank 0 got none: it stops on rank 1's"
     assert result.stderr.count("exitcode  : 75") == 2, result.stderr  # both ranks, resumable
     last = torch.load(run_dir / "last.pt", weights_only=True)
@@ -199,8 +202,13 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_batch(
 
     # Where 2 processes stopped inside an epoch, 1 cannot go on: one line, nothing changed.
     before = snapshot(run_dir)
-    alone = train(tiny_data, run_dir, "--resume", "halves", "--batch-size", "8", *flags)
+    alone = train(tiny_data, run_dir, "--resume", "halves", *flags)
     assert alone == 1 and snapshot(run_dir) == before
+    assert capsys.readouterr().err == (
+        f"error: {run_dir / 'last.pt'} was saved inside epoch {stopped[3]} by 2 processes, this"
+        " run has 1: resume with as many (torchrun --nproc_per_node), or start a new run"
+        " (--run-name)\n"
+    )
 
     resumed = finished(launch(project, tiny_data, *flags, "--resume", "halves", ranks=2))
     assert resumed.returncode == 0 or GLOO_ABORT_AT_EXIT in resumed.stderr, resumed.stderr
