@@ -19,7 +19,9 @@ from test_distributed import GLOO_ABORT_AT_EXIT
 
 import pytorch_script
 from conftest import read_rows, snapshot, train
-from plumbing import preemption
+from my_classes import Dataset
+from plumbing import loader, preemption
+from plumbing.data import load_partition
 
 # A random flip, as a user adds one: what each batch draws must be drawn again, the same, after
 # a resume. And a slower read of training samples, so that a signal at a random moment lands
@@ -265,3 +267,15 @@ def test_a_resume_with_another_batch_size_or_other_data_is_refused(
         " or labels.json changed since; put them back, or start a new run (--run-name)\n"
     )
     assert snapshot(run_dir) == before
+
+
+def test_an_epoch_resumed_inside_reads_the_rest_of_the_same_order(tiny_data: Path) -> None:
+    """The batches trained before the stop are skipped, never read; the next epoch is whole."""
+    partition, labels = load_partition(tiny_data)
+    sampler = loader.EpochSampler(Dataset(partition["train"], labels, tiny_data), True, seed=3)
+    sampler.set_epoch(2)
+    order = list(sampler)
+    sampler.set_epoch(2, start=40)
+    assert list(sampler) == order[40:] and len(sampler) == len(order) - 40
+    sampler.set_epoch(3)
+    assert len(list(sampler)) == len(order) and list(sampler) != order
