@@ -241,4 +241,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # required: DataLoader workers re-import this file under spawn
-    exit_now(main())  # sys.exit(main()), a second sooner (plumbing/errors.py)
+    exit_now(main())  # sys.exit(main()); after a signal, a second sooner (plumbing/errors.py)

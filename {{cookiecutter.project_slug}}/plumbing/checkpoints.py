@@ -82,7 +82,9 @@ def contents(
 
 def settings(args: argparse.Namespace) -> dict:
     """What a run resumed from the checkpoint must share with the run that saved it."""
-    return {"batch_size": args.batch_size, "data": args.data_digest}
+    # The order of the samples too: a run resumed inside an epoch skips the ones trained.
+    order = {"seed": args.seed, "shuffle": args.shuffle}
+    return {"batch_size": args.batch_size, "data": args.data_digest, "order": order}
 
 
 def save_epoch(
@@ -227,14 +229,22 @@ def resume(
     for group, lr in zip(optimizer.param_groups, lrs, strict=True):
         group["lr"] = lr
     set_rng_states(checkpoint["rng"])
-    return checkpoint["epoch"] + 1, checkpoint["best_score"], position(path, checkpoint)
+    return checkpoint["epoch"] + 1, checkpoint["best_score"], position(path, checkpoint, args)
 
 
-def position(path: Path, checkpoint: dict) -> Position | None:
+def position(path: Path, checkpoint: dict, args: argparse.Namespace) -> Position | None:
     """This rank's Position in a checkpoint saved inside an epoch; None for one saved at its end."""
     inside = checkpoint.get("inside")
     if not inside:
         return None
+    order = checkpoint["settings"].get("order", settings(args)["order"])
+    if order != settings(args)["order"]:
+        flags = f"--seed {order['seed']} --{'' if order['shuffle'] else 'no-'}shuffle"
+        raise CheckpointError(
+            f"{path} was saved inside epoch {inside['epoch']} of a run with {flags}, whose"
+            f" order of samples it goes on in: resume with {flags}, or start a new run"
+            " (--run-name)"
+        )
     world_size = dist.get_world_size() if dist.is_initialized() else 1
     if len(inside["ranks"]) != world_size:
         raise CheckpointError(

@@ -96,7 +96,7 @@ def exit_status(run: Callable[[argparse.Namespace], None], args: argparse.Namesp
         if isinstance(err, KeyboardInterrupt):
             run_dir = getattr(args, "run_dir", None)
             where = (
-                f"{run_dir / 'last.pt'} holds the last complete epoch, if any; --resume"
+                f"{run_dir / 'last.pt'} holds its last checkpoint, if any; --resume"
                 f" {run_dir.name} goes on from it"
                 if run_dir
                 else "nothing was written"
@@ -111,10 +111,14 @@ def exit_status(run: Callable[[argparse.Namespace], None], args: argparse.Namesp
 
 
 def exit_now(status: int) -> None:
-    """Exit with status as sys.exit does, atexit handlers included, but without tearing down the
-    modules: torch's teardown takes most of a second, which a preempted job may not have (and
-    gloo's sometimes aborts). A thread that is not a daemon still gets its usual wait."""
-    if any(not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+    """sys.exit(status); but after a stop on a signal (RESUMABLE), without tearing down the
+    modules, atexit handlers included: torch's teardown takes most of a second, which a
+    preempted job may not have (and gloo's sometimes aborts). A thread that is not a daemon
+    still gets its usual wait."""
+    from plumbing.preemption import RESUMABLE
+
+    others = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    if status != RESUMABLE or any(not t.daemon for t in others):
         sys.exit(status)
     atexit._run_exitfuncs()
     sys.stdout.flush()

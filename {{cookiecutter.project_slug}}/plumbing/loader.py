@@ -149,7 +149,7 @@ class EpochSampler(torch.utils.data.DistributedSampler):
         return islice(super().__iter__(), self.start, None)
 
     def __len__(self) -> int:
-        return super().__len__() - self.start
+        return max(super().__len__() - self.start, 0)  # 0: stopped after the epoch's last batch
 
 
 def seed_everything(seed: int) -> None:

@@ -67,7 +67,8 @@ def test_every_epoch_saves_last_and_best_loadable_safely(tiny_data: Path, tmp_pa
         "input_shape", "num_classes", "settings", "inside",
     } == set(checkpoints.KEYS)  # fmt: skip
     assert (last["input_shape"], last["num_classes"]) == ([1, 8, 8], 4)
-    assert last["settings"] == {"batch_size": 32, "data": digest(tiny_data)}
+    order = {"seed": 0, "shuffle": True}
+    assert last["settings"] == {"batch_size": 32, "data": digest(tiny_data), "order": order}
     assert last["inside"] is None  # saved at the end of an epoch
     assert last["model_class"] == type(build_model((1, 8, 8), 4)).__qualname__
     assert last["epoch"] == 3 and set(last["rng"]) == {"python", "numpy", "torch", "cuda"}
@@ -427,7 +428,7 @@ def test_ctrl_c_keeps_the_last_complete_epoch_and_resume_goes_on(
 
     assert run.returncode == 130
     assert err.endswith(
-        f"interrupted: {run_dir / 'last.pt'} holds the last complete epoch, if any;"
+        f"interrupted: {run_dir / 'last.pt'} holds its last checkpoint, if any;"
         " --resume run-1 goes on from it\n"
     )
     assert "Traceback" not in err

@@ -279,3 +279,41 @@ def test_an_epoch_resumed_inside_reads_the_rest_of_the_same_order(tiny_data: Pat
     assert list(sampler) == order[40:] and len(sampler) == len(order) - 40
     sampler.set_epoch(3)
     assert len(list(sampler)) == len(order) and list(sampler) != order
+
+
+def test_a_stop_after_the_last_batch_of_an_epoch_resumes(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """192 samples in batches of 10: the 20th, the last, holds 2. Stopped after it, the run
+    goes on with the epoch's validation, and ends as one never stopped; with another --seed,
+    whose order the stop does not know, it is refused."""
+    flags = ["--num-workers", "0", "--max-epochs", "2", "--batch-size", "10"]
+    assert train(tiny_data, tmp_path / "runs" / "whole", *flags) == 0
+    requested, batches = preemption.StopSignals.requested, []
+
+    def signalled_at_the_last_batch(self: preemption.StopSignals) -> bool:
+        batches.append(1)
+        if len(batches) == 20:
+            signal.raise_signal(signal.SIGTERM)
+        return requested(self)
+
+    monkeypatch.setattr(preemption.StopSignals, "requested", signalled_at_the_last_batch)
+    run_dir = tmp_path / "runs" / "halves"
+    assert train(tiny_data, run_dir, *flags) == 75
+    assert capsys.readouterr().err == (
+        f"stopped by SIGTERM after batch 20 of epoch 1: {run_dir / 'last.pt'} holds it;"
+        " --resume halves goes on from there\n"
+    )
+    monkeypatch.undo()
+
+    before = snapshot(run_dir)
+    assert train(tiny_data, run_dir, *flags, "--resume", "--seed", "1") == 1
+    assert capsys.readouterr().err == (
+        f"error: {run_dir / 'last.pt'} was saved inside epoch 1 of a run with --seed 0"
+        " --shuffle, whose order of samples it goes on in: resume with --seed 0 --shuffle, or"
+        " start a new run (--run-name)\n"
+    )
+    assert snapshot(run_dir) == before
+    assert train(tiny_data, run_dir, *flags, "--resume") == 0
+    assert "resuming" in capsys.readouterr().out
+    same_run(tmp_path)
