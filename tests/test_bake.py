@@ -42,6 +42,7 @@ ARTICLE_LAYOUT = {
     "plumbing/packed.py",
     "plumbing/preemption.py",
     "plumbing/runs.py",
+    "plumbing/stream.py",
     "data/.gitkeep",
     "tests/conftest.py",
     "tests/test_my_classes.py",
@@ -56,6 +57,7 @@ ARTICLE_LAYOUT = {
     "tests/test_metrics.py",
     "tests/test_change_where.py",
     "tests/test_preemption.py",
+    "tests/test_stream.py",
 }
 
 

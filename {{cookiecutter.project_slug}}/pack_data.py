@@ -2,6 +2,8 @@
 
     python pack_data.py              # data/packed/{train,validation}/{X,y}.npy
     python pytorch_script.py         # then reads data/packed, and says so
+    python pack_data.py --format stream --output s3://bucket/data   # LitData chunks, for
+    python pytorch_script.py --data-format stream --data-dir s3://bucket/data   # streaming
 
 Each sample is what my_classes.Dataset returns for it, but for random_augmentation, which
 still runs on every read. The per-file data stays as it is. pytorch_script.py uses the packed
@@ -25,8 +27,9 @@ from tqdm import tqdm
 from my_classes import Dataset
 from plumbing.cli import parser
 from plumbing.data import SPLITS, like_first, load_partition
-from plumbing.errors import DataError
+from plumbing.errors import DataError, SetupError
 from plumbing.files import atomic_write_text
+from plumbing.loader import usable_cpus
 from plumbing.packed import FINGERPRINT, PACKED, fingerprint, packed_is_stale
 
 
@@ -128,7 +131,21 @@ def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="what to pack")
     p.add_argument("--force", action="store_true", help="pack even if up to date")
+    p.add_argument(
+        "--format",
+        choices=["packed", "stream"],
+        default="packed",
+        help="packed: memory-mapped arrays in DATA_DIR/packed, for this machine; stream:"
+        " LitData chunks at --output, for streaming (pip install -e '.[stream]')",
+    )
+    p.add_argument(
+        "--output", help="--format stream: a directory, or a URL such as s3://bucket/data"
+    )
     args = p.parse_args(argv)
+    if args.format == "stream":
+        if not args.output:
+            p.error("--format stream needs --output: a directory, or a URL (s3://bucket/data)")
+        return write_stream(args.data_dir, args.output)
 
     start = time.perf_counter()
     try:
@@ -144,6 +161,20 @@ def main(argv: list[str] | None = None) -> int:
         f"Packed {args.data_dir} into {packed} ({size:.0f} MB)"
         f" in {time.perf_counter() - start:.1f} s"
     )
+    return 0
+
+
+def write_stream(data_dir: Path, output: str) -> int:
+    """Write data_dir's samples, as the Dataset reads them, as LitData chunks at output."""
+    start = time.perf_counter()
+    try:
+        from plumbing import stream  # LitData: pip install -e ".[stream]"
+
+        stream.write(data_dir, output, Dataset, usable_cpus())
+    except (DataError, SetupError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"Wrote {data_dir} as a stream to {output} in {time.perf_counter() - start:.1f} s")
     return 0
 
 

@@ -49,14 +49,20 @@ def run(args: argparse.Namespace) -> None:
     max_epochs = args.max_epochs
 
     # Datasets (each reads its first sample now: within --loader-timeout)
-    partition, labels = load_partition(args.data_dir)  # {'train': [IDs], ...}, {ID: class}
-    with loader.deadline(args.loader_timeout):
-        training_set = Dataset(partition["train"], labels, args.data_dir, augment=True)
-        validation_set = Dataset(partition["validation"], labels, args.data_dir)
-    # pack_data.py's copy of what they read, while it is current: batched reads, same samples
-    training_set, validation_set = packed.choose(
-        args.data_format, args.data_dir, partition, (training_set, validation_set), distributed.say
-    )
+    if args.data_format == "stream":  # pack_data.py --format stream's chunks: a dir or s3://...
+        from plumbing import stream  # LitData: pip install -e ".[stream]"
+
+        labels, (training_set, validation_set) = stream.open_splits(args, Dataset)
+    else:
+        partition, labels = load_partition(args.data_dir)  # {'train': [IDs], ...}, {ID: class}
+        with loader.deadline(args.loader_timeout):
+            training_set = Dataset(partition["train"], labels, args.data_dir, augment=True)
+            validation_set = Dataset(partition["validation"], labels, args.data_dir)
+        # pack_data.py's copy of what they read, while it is current: batched reads, same samples
+        training_set, validation_set = packed.choose(
+            args.data_format, args.data_dir, partition, (training_set, validation_set),
+            distributed.say,
+        )  # fmt: skip
 
     # Generators (plumbing/loader.py adds what makes them fast, safe and repeatable)
     training_generator = loader.make(training_set, params, args, device)
@@ -100,7 +106,7 @@ def fit(
         # Loop over epochs
         for epoch in range(start_epoch, max_epochs + 1):
             start = time.perf_counter()
-            training_generator.sampler.set_epoch(epoch)  # a new order, the same on every rank
+            loader.set_epoch(training_generator, epoch)  # a new order, the same on every rank
             loader.seed_epoch(args.seed, epoch)  # what this epoch draws, resumed or not
 
             # Training (a run stopped inside this epoch goes on after its last batch)
@@ -111,8 +117,9 @@ def fit(
                 )  # fmt: skip
             except preemption.Stopped as stopped:  # last.pt keeps where: --resume goes on there
                 checkpoints.save_inside_epoch(
-                    args, model, optimizer, scaler, stopped.position, best_score
-                )
+                    args, model, optimizer, scaler, stopped.position, best_score,
+                    training_generator,
+                )  # fmt: skip
                 raise
             inside = None
 
@@ -194,7 +201,7 @@ def validate(
     """One pass over the validation set; returns the mean loss and the accuracy, every sample
     of every rank counted once."""
     model.eval()
-    share = distributed.share(validation_generator.sampler)  # without the padding of torchrun
+    share = loader.share(validation_generator)  # without the padding of torchrun
     loss_sum = torch.zeros((), device=device)
     num_correct = torch.zeros((), dtype=torch.long, device=device)
     num_samples = 0

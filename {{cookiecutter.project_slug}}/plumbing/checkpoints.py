@@ -47,12 +47,16 @@ class Position:
     loss_sum: torch.Tensor  # the loss times the batch size, summed on the device
     num_samples: int
     rng: dict | None = None  # this rank's random generators there (rng_states)
+    loader: dict | None = None  # the place of LitData's loader (streamed data), else None
 
     def go_on(self, training_generator: torch.utils.data.DataLoader) -> None:
         """Skip the batches trained, without reading them, and draw on as the run would have."""
-        training_generator.sampler.set_epoch(
-            self.epoch, start=self.batches * training_generator.batch_size
-        )
+        if self.loader is not None:
+            training_generator.load_state_dict(self.loader)
+        else:
+            training_generator.sampler.set_epoch(
+                self.epoch, start=self.batches * training_generator.batch_size
+            )
         set_rng_states(self.rng)
 
 
@@ -112,11 +116,14 @@ def save_inside_epoch(
     scaler: torch.amp.GradScaler,
     position: Position,
     best_score: float,
+    training_generator: torch.utils.data.DataLoader,
 ) -> None:
     """Save last.pt where training stopped inside an epoch (on every rank: rank 0 writes what
     each rank has there). best.pt stays: no epoch ended."""
     here = {"loss_sum": position.loss_sum.cpu(), "num_samples": position.num_samples}
     here["rng"] = rng_states()
+    # LitData's loader keeps its own place (plain numbers and names); a DataLoader's is batches
+    here["loader"] = getattr(training_generator, "state_dict", lambda: None)()
     ranks = [here]
     if dist.is_initialized():  # as bytes: all_gather_object would unpickle tensors unsafely
         ranks = [None] * dist.get_world_size()
@@ -201,7 +208,7 @@ def resume(
         )
     if saved_with["data"] != args.data_digest:
         raise CheckpointError(
-            f"{path} was saved on other data: {args.data_dir / 'partition.json'} or labels.json"
+            f"{path} was saved on other data: {index_of(args.data_dir)} or labels.json"
             " changed since; put them back, or start a new run (--run-name)"
         )
     if checkpoint["model_class"] != type(model).__qualname__:
@@ -254,8 +261,16 @@ def position(path: Path, checkpoint: dict, args: argparse.Namespace) -> Position
         )
     mine = inside["ranks"][rank()]
     return Position(
-        inside["epoch"], inside["batches"], mine["loss_sum"], mine["num_samples"], mine["rng"]
-    )
+        inside["epoch"], inside["batches"], mine["loss_sum"], mine["num_samples"], mine["rng"],
+        mine.get("loader"),
+    )  # fmt: skip
+
+
+def index_of(data_dir: Path | str) -> str:
+    """data_dir's partition.json; a stream's is in URL/index (plumbing/stream.py)."""
+    if isinstance(data_dir, Path) and not (data_dir / "index").is_dir():
+        return str(data_dir / "partition.json")
+    return f"{data_dir}/index: its partition.json"
 
 
 def differing_keys(expected: dict, saved: dict, show: int = 3) -> str:

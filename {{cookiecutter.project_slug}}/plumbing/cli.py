@@ -56,6 +56,11 @@ def shape(text: str) -> tuple[int, ...]:
     return numbers
 
 
+def data_location(text: str) -> Path | str:
+    """A directory, or a URL as it is (s3://bucket/data: a Path would make it s3:/bucket/data)."""
+    return text if "://" in text else Path(text)
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     """A parser whose --help shows each flag's default, as every script here has."""
     return argparse.ArgumentParser(
@@ -67,9 +72,10 @@ def training_args(argv: list[str] | None, description: str) -> argparse.Namespac
     p = parser(description)
     p.add_argument(
         "--data-dir",
-        type=Path,
+        type=data_location,
         default=Path("data"),
-        help="holds <ID>.pt, partition.json and labels.json",
+        help="holds <ID>.pt, partition.json and labels.json; with --data-format stream, the"
+        " stream's directory or URL (s3://bucket/data)",
     )
     p.add_argument(
         "--batch-size",
@@ -105,10 +111,11 @@ def training_args(argv: list[str] | None, description: str) -> argparse.Namespac
     )
     p.add_argument(
         "--data-format",
-        choices=["auto", "files", "packed"],
+        choices=["auto", "files", "packed", "stream"],
         default="auto",
         help="files: data/<ID>.pt; packed: data/packed from pack_data.py;"
-        " auto: packed while it holds what the Dataset reads from data/ now",
+        " auto: packed while it holds what the Dataset reads from data/ now;"
+        " stream: LitData chunks from pack_data.py --format stream, local or in object storage",
     )
     p.add_argument(
         "--max-epochs",

@@ -46,6 +46,10 @@ def make(
     """DataLoader(dataset, **params), completed: the article's params (batch_size, shuffle,
     num_workers) plus what makes loading fast and repeatable. overrides: for bench_loader.py,
     which also measures settings that training does not vary."""
+    if streamed(dataset):  # LitData's loader: its own order, and its place kept in last.pt
+        from plumbing import stream
+
+        return stream.make_loader(dataset, params, args, device)
     num_workers = capped_workers(params["num_workers"])
     if num_workers == 0 and args.loader_timeout and not CAN_TIME_READS:
         raise SetupError(
@@ -75,8 +79,36 @@ def make(
     return torch.utils.data.DataLoader(dataset, **(arguments | overrides))
 
 
+def streamed(dataset: torch.utils.data.Dataset) -> bool:
+    """Whether dataset is a split of a LitData stream (plumbing/stream.py)."""
+    return type(dataset).__module__ == "plumbing.stream"
+
+
+def set_epoch(generator: torch.utils.data.DataLoader, epoch: int) -> None:
+    """The generator's order for this epoch: a function of --seed and the epoch."""
+    if streamed(generator.dataset):
+        generator.current_epoch = epoch - 1  # LitData's loader counts one up as it starts
+    else:
+        generator.sampler.set_epoch(epoch)
+
+
+def share(generator: torch.utils.data.DataLoader) -> int:
+    """How many samples of the generator's are this rank's own, without the repeats that pad
+    its share under torchrun (LitData's loader has none: it drops samples instead)."""
+    if streamed(generator.dataset):
+        return len(generator) * generator.batch_size
+    return distributed.share(generator.sampler)
+
+
 def check_batch_fits(training_generator: torch.utils.data.DataLoader, data_dir: Path) -> None:
     """A training split smaller than one batch would make each epoch one step of a part batch."""
+    if streamed(training_generator.dataset):
+        if len(training_generator) == 0:
+            raise DataError(
+                f"{data_dir}: the training split holds fewer samples than one batch (--batch-size"
+                f" {training_generator.batch_size}) for each rank: lower --batch-size"
+            )
+        return
     sampler, batch_size = training_generator.sampler, training_generator.batch_size
     if len(sampler) < batch_size:
         ranks = f", {len(sampler)} for each of the ranks" if sampler.num_replicas > 1 else ""
@@ -118,7 +150,8 @@ def data_bound_hint(
     """What to try when the run waits for its batches."""
     where = "" if args.data_dir == Path("data") else f" --data-dir {args.data_dir}"
     pack = ""
-    if not hasattr(training_generator.dataset, "collate_fn"):  # not packed yet
+    dataset = training_generator.dataset
+    if not hasattr(dataset, "collate_fn") and not streamed(dataset):  # not packed yet
         pack = f"; `python pack_data.py{where}` packs the data for batched reads"
     return f"`python bench_loader.py{where}` finds faster loader settings{pack}."
 

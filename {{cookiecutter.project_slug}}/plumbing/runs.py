@@ -26,7 +26,8 @@ def start(
     """Set args.run_dir (None for --dry-run, which writes nothing) and, with --resume, load its
     last.pt; returns the first epoch to train, the best score so far, and where training
     stopped inside that epoch, if it did (a signal)."""
-    args.data_digest = digest(args.data_dir)  # checkpoints say which data they were saved on
+    if not hasattr(args, "data_digest"):  # set by a stream, whose index is not a local file
+        args.data_digest = digest(args.data_dir)  # checkpoints say which data they were saved on
     if args.dry_run:
         args.run_dir = None
         return 1, float("-inf"), None

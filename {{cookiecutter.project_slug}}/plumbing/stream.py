@@ -1,0 +1,269 @@
+"""Data streamed from LitData's chunks, in a local directory or in object storage (s3://, gs://,
+azure://): for data bigger than a disk, or read by many machines at once.
+
+    python pack_data.py --format stream --output s3://bucket/data   # write data/ there
+    python pytorch_script.py --data-format stream --data-dir s3://bucket/data
+
+URL/train and URL/validation hold the samples as the project's Dataset returns them (without
+random_augmentation, which runs on every read, as from the files); URL/index holds
+partition.json and labels.json, written last: a stream without it was not finished. Every rank
+gets the same number of batches, and the loader's place goes into last.pt, so that --resume
+goes on inside an epoch. LitData is an optional extra (pip install -e ".[stream]"): only
+--data-format stream and --format stream import this module. Credentials and endpoints come
+from the usual environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ~/.aws, ...).
+"""
+
+import contextlib
+import functools
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from plumbing import distributed, loader
+from plumbing.data import SPLITS, load_partition
+from plumbing.errors import DataError, SetupError
+
+try:
+    import botocore.config
+    import litdata
+    from litdata.streaming import downloader
+    from litdata.streaming.serializers import _SERIALIZERS, Serializer
+except ModuleNotFoundError:
+    raise SetupError(
+        'streamed data needs LitData, an optional extra: pip install -e ".[stream]"'
+        ' (README.md, "Streaming from object storage")'
+    ) from None
+
+INDEX = "index"  # URL/index: partition.json and labels.json, as one sample of text
+CHUNK_BYTES = "64MB"  # per chunk: large reads from object storage, a few per worker in memory
+
+# That view is cloned above, before anything could write to it
+warnings.filterwarnings("ignore", "The given buffer is not writable", UserWarning)
+
+SCRATCH = {"DATA_OPTIMIZER_CACHE_FOLDER": "chunks", "DATA_OPTIMIZER_DATA_CACHE_FOLDER": "data"}
+
+# An S3-compatible server reached over http:// (on premises, or a test's): LitData's faster
+# client (obstore) refuses it unless told, which boto3, its other one, does not.
+downloader._OBSTORE_CLIENT_OPTIONS = {**downloader._OBSTORE_CLIENT_OPTIONS, "allow_http": "true"}
+
+
+class Refused(Serializer):
+    """What a stream written here never holds: pickle, and decoders of files, images, video...
+    A chunk that names one is refused on read, as torch.load(..., weights_only=True) refuses
+    code: a crafted chunk cannot run any."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def serialize(self, item: object) -> tuple[bytes, str | None]:
+        raise DataError(f"streams written here hold tensors and integers only, not {item!r}")
+
+    def deserialize(self, data: bytes) -> object:
+        raise DataError(
+            f"a chunk of this stream holds data in LitData's {self.name!r} format, which could"
+            " run code or decode untrusted files: refused. Write the stream with"
+            " `python pack_data.py --format stream`"
+        )
+
+    def can_serialize(self, item: object) -> bool:
+        return False
+
+
+WRITTEN = ("tensor", "no_header_tensor", "int", "str")  # what write() stores, and read reads
+SAFE = {name: Refused(name) for name in _SERIALIZERS if name not in WRITTEN}
+
+
+def options(url: str) -> dict:
+    """LitData's storage_options for url. For S3, AWS_MAX_ATTEMPTS tries (5 by default) of each
+    request, rather than LitData's 1,000, which keep a run waiting for hours on a server that is
+    down or a bucket that is not there."""
+    if not url.startswith("s3://"):
+        return {}
+    attempts = int(os.environ.get("AWS_MAX_ATTEMPTS", 5))
+    retries = {"max_attempts": attempts, "mode": "standard"}
+    return {"config": botocore.config.Config(retries=retries, connect_timeout=10)}
+
+
+def is_url(data_dir: str | Path) -> bool:
+    return "://" in str(data_dir)
+
+
+def location(data_dir: str | Path) -> str:
+    """A URL as it is, a local path made absolute (LitData takes a local path as a URL)."""
+    return str(data_dir) if is_url(data_dir) else str(Path(data_dir).resolve())
+
+
+# Writing: pack_data.py --format stream
+
+
+def sample(dataset: torch.utils.data.Dataset, index: int) -> dict:
+    """One sample of the split as its Dataset returns it (no augmentation), and its index."""
+    X, y = dataset[index]
+    return {"X": X, "y": int(y), "index": index}
+
+
+def index_sample(data_dir: Path, _: int) -> dict:
+    return {name: (data_dir / name).read_text(encoding="utf-8") for name in INDEX_FILES}
+
+
+INDEX_FILES = ("partition.json", "labels.json")
+
+
+def write(data_dir: Path, output: str, dataset_class: type, num_workers: int) -> None:
+    """Write each split of data_dir, as dataset_class reads it, into LitData chunks at output
+    (a directory or a URL), then the index: until it is written, the stream is unfinished."""
+    partition, labels = load_partition(data_dir)
+    url = location(output)
+    with reaching(output):
+        for split in SPLITS:
+            dataset = dataset_class(partition[split], labels, data_dir)
+            optimize(
+                functools.partial(sample, dataset), len(dataset), f"{url}/{split}", num_workers
+            )
+        optimize(functools.partial(index_sample, Path(data_dir)), 1, f"{url}/{INDEX}", 1)
+
+
+@contextlib.contextmanager
+def reaching(where: str | Path, missing: str = "") -> Iterator[None]:
+    """Errors of object storage (no such bucket or key, credentials refused, no server) as one
+    line that names where, rather than a client library's traceback; missing: what to say when
+    where does not exist."""
+    try:
+        yield
+    except Exception as err:
+        library = type(err).__module__.split(".")[0]
+        if library not in ("botocore", "boto3", "s3transfer", "obstore") and not isinstance(
+            err, (FileNotFoundError, ConnectionError)
+        ):
+            raise
+        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        not_found = ("(404)", "NoSuchKey", "does not exist", "Not Found")
+        if missing and (isinstance(err, FileNotFoundError) or any(n in reason for n in not_found)):
+            if "NoSuchBucket" not in reason:
+                raise DataError(f"{where}: {missing}") from None
+        raise DataError(
+            f"{where}: {reason or type(err).__name__}: check the URL, that its bucket exists,"
+            " and the credentials (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ~/.aws, ...)"
+        ) from None
+
+
+def optimize(fn: functools.partial, num_samples: int, output_dir: str, num_workers: int) -> None:
+    """litdata.optimize, quiet and in order, with scratch directories of its own (by default,
+    LitData's are /tmp/chunks and /tmp/data, which two packs at once would share)."""
+    scratch = tempfile.mkdtemp(prefix="litdata-")
+    before = {name: os.environ.get(name) for name in SCRATCH}
+    os.environ.update({name: os.path.join(scratch, part) for name, part in SCRATCH.items()})
+    try:
+        litdata.optimize(
+            fn=fn,
+            inputs=list(range(num_samples)),
+            output_dir=output_dir,
+            storage_options=options(output_dir),
+            chunk_bytes=CHUNK_BYTES,
+            num_workers=max(1, min(num_workers, num_samples)),
+            mode="overwrite",
+            keep_data_ordered=True,
+            verbose=False,
+            # Forked, its processes have the allow_http above; spawned, they would not.
+            start_method="fork" if sys.platform == "linux" else None,
+        )
+        left = sorted(Path(scratch).rglob("chunk-*.bin"))
+        if left:  # LitData reports a failed upload, and goes on
+            raise DataError(
+                f"{len(left)} chunks of {output_dir} could not be written there (LitData's"
+                " messages above say why): check the URL, the bucket and its credentials"
+            )
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+# Reading: pytorch_script.py --data-format stream
+
+
+class StreamedSplit(litdata.StreamingDataset):
+    """A split of the stream, each sample as (X, y) like the Dataset's, with the Dataset's
+    random_augmentation on every read of a training sample (seeded by the seed, the epoch, the
+    rank and the sample: a resumed epoch draws what it drew)."""
+
+    def __init__(self, url: str, dataset: torch.utils.data.Dataset, shuffle: bool, seed: int):
+        super().__init__(
+            url, shuffle=shuffle, seed=seed, serializers=SAFE, storage_options=options(url)
+        )
+        self.dataset, self.url, self.seed = dataset, url, seed
+
+    def __getitem__(self, index: object) -> tuple[torch.Tensor, int]:
+        item = super().__getitem__(index)
+        X = item["X"].clone()  # LitData's is a view of its read-only chunk
+        if self.dataset.augment:
+            loader.seed_everything(
+                loader.epoch_seed(self.seed, self.current_epoch, part=1 + item["index"])
+            )
+            X = self.dataset.random_augmentation(X)
+        return X, item["y"]
+
+
+def read_index(url: str) -> tuple[dict, dict, str]:
+    """partition and labels from URL/index, and their digest (as plumbing.data.digest's)."""
+    index = litdata.StreamingDataset(
+        f"{url}/{INDEX}", serializers=SAFE, storage_options=options(url)
+    )[0]
+    with tempfile.TemporaryDirectory() as copy:  # checked as the files are
+        for name in INDEX_FILES:
+            (Path(copy) / name).write_text(index[name], encoding="utf-8")
+        partition, labels = load_partition(copy)
+    sha = hashlib.sha256()
+    for name in INDEX_FILES:
+        sha.update(index[name].encode("utf-8"))
+    return partition, labels, sha.hexdigest()[:16]
+
+
+def open_splits(args: object, dataset_class: type) -> tuple[dict, tuple]:
+    """labels, and the two splits of the stream at args.data_dir."""
+    url = location(args.data_dir)
+    unfinished = (
+        f"no finished stream there (no {INDEX}/, or no such bucket): write one with `python"
+        f" pack_data.py --format stream --output {args.data_dir}`"
+    )
+    with reaching(args.data_dir, missing=unfinished):
+        partition, labels, args.data_digest = read_index(url)
+    splits = []
+    for split in SPLITS:
+        # The Dataset for its random_augmentation only: it reads no file
+        dataset = dataset_class([], labels, args.data_dir, augment=split == "train")
+        with reaching(f"{args.data_dir}/{split}"):
+            splits.append(StreamedSplit(f"{url}/{split}", dataset, args.shuffle, args.seed))
+    distributed.say(f"data: {args.data_dir} (streamed)")
+    return labels, tuple(splits)
+
+
+def make_loader(
+    dataset: StreamedSplit, params: dict, args: object, device: torch.device
+) -> "litdata.StreamingDataLoader":
+    """LitData's loader of the split: its order, a whole number of batches on every rank."""
+    num_workers = loader.capped_workers(params["num_workers"])
+    return litdata.StreamingDataLoader(
+        dataset,
+        batch_size=params["batch_size"],
+        shuffle=params["shuffle"],
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=args.prefetch_factor if num_workers > 0 else None,
+        timeout=args.loader_timeout if num_workers > 0 else 0,
+    )
+
+
+def set_epoch(generator: "litdata.StreamingDataLoader", epoch: int) -> None:
+    generator.current_epoch = epoch - 1  # its next pass counts one up
