@@ -50,19 +50,14 @@ def run(args: argparse.Namespace) -> None:
 
     # Datasets (each reads its first sample now: within --loader-timeout)
     if args.data_format == "stream":  # pack_data.py --format stream's chunks: a dir or s3://...
-        from plumbing import stream  # LitData: pip install -e ".[stream]"
-
-        labels, (training_set, validation_set) = stream.open_splits(args, Dataset)
+        labels, (training_set, validation_set) = loader.open_stream(args, Dataset)
     else:
         partition, labels = load_partition(args.data_dir)  # {'train': [IDs], ...}, {ID: class}
         with loader.deadline(args.loader_timeout):
             training_set = Dataset(partition["train"], labels, args.data_dir, augment=True)
             validation_set = Dataset(partition["validation"], labels, args.data_dir)
         # pack_data.py's copy of what they read, while it is current: batched reads, same samples
-        training_set, validation_set = packed.choose(
-            args.data_format, args.data_dir, partition, (training_set, validation_set),
-            distributed.say,
-        )  # fmt: skip
+        training_set, validation_set = packed.choose(args, partition, training_set, validation_set)
 
     # Generators (plumbing/loader.py adds what makes them fast, safe and repeatable)
     training_generator = loader.make(training_set, params, args, device)
@@ -117,9 +112,8 @@ def fit(
                 )  # fmt: skip
             except preemption.Stopped as stopped:  # last.pt keeps where: --resume goes on there
                 checkpoints.save_inside_epoch(
-                    args, model, optimizer, scaler, stopped.position, best_score,
-                    training_generator,
-                )  # fmt: skip
+                    args, model, optimizer, scaler, stopped.position, best_score, training_generator
+                )
                 raise
             inside = None
 

@@ -46,11 +46,19 @@ def make(
     """DataLoader(dataset, **params), completed: the article's params (batch_size, shuffle,
     num_workers) plus what makes loading fast and repeatable. overrides: for bench_loader.py,
     which also measures settings that training does not vary."""
-    if streamed(dataset):  # LitData's loader: its own order, and its place kept in last.pt
-        from plumbing import stream
-
-        return stream.make_loader(dataset, params, args, device)
     num_workers = capped_workers(params["num_workers"])
+    if streamed(dataset):  # LitData's loader: its own order, and its place kept in last.pt
+        from litdata import StreamingDataLoader
+
+        return StreamingDataLoader(
+            dataset,
+            batch_size=params["batch_size"],
+            shuffle=params["shuffle"],
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+            prefetch_factor=args.prefetch_factor if num_workers > 0 else None,
+            timeout=args.loader_timeout if num_workers > 0 else 0,
+        )
     if num_workers == 0 and args.loader_timeout and not CAN_TIME_READS:
         raise SetupError(
             "--loader-timeout without DataLoader workers needs a timer signal, which this system"
@@ -82,6 +90,13 @@ def make(
 def streamed(dataset: torch.utils.data.Dataset) -> bool:
     """Whether dataset is a split of a LitData stream (plumbing/stream.py)."""
     return type(dataset).__module__ == "plumbing.stream"
+
+
+def open_stream(args: argparse.Namespace, dataset_class: type) -> tuple[dict, tuple]:
+    """The labels and the two splits of the stream at --data-dir (plumbing/stream.py)."""
+    from plumbing import stream  # LitData, an optional extra: pip install -e ".[stream]"
+
+    return stream.open_splits(args, dataset_class)
 
 
 def set_epoch(generator: torch.utils.data.DataLoader, epoch: int) -> None:

@@ -2,6 +2,7 @@
 memory-mapped arrays per split, read a whole batch at a time. A cache, trusted only while it
 holds what the Dataset would read now."""
 
+import argparse
 import ast
 import hashlib
 import inspect
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from plumbing import distributed
 from plumbing.data import SPLITS, load_sample
 from plumbing.errors import DataError
 
@@ -187,14 +189,11 @@ def packed_is_stale(
 
 
 def choose(
-    data_format: str,
-    data_dir: Path,
-    partition: dict[str, list[str]],
-    datasets: tuple[torch.utils.data.Dataset, ...],
-    say: Callable[[str], None],
+    args: argparse.Namespace, partition: dict[str, list[str]], *datasets: torch.utils.data.Dataset
 ) -> tuple[torch.utils.data.Dataset, ...]:
     """The datasets, read from the files or from their packed copy: as --data-format asks, or
-    for 'auto', packed while the copy is current. Says which, in one line."""
+    for 'auto', packed while the copy is current. Says which, in one line (rank 0)."""
+    data_format, data_dir, say = args.data_format, args.data_dir, distributed.say
     if data_format == "files":
         say(f"data: {data_dir}/<ID>.pt")
         return datasets

@@ -246,24 +246,3 @@ def open_splits(args: object, dataset_class: type) -> tuple[dict, tuple]:
             splits.append(StreamedSplit(f"{url}/{split}", dataset, args.shuffle, args.seed))
     distributed.say(f"data: {args.data_dir} (streamed)")
     return labels, tuple(splits)
-
-
-def make_loader(
-    dataset: StreamedSplit, params: dict, args: object, device: torch.device
-) -> "litdata.StreamingDataLoader":
-    """LitData's loader of the split: its order, a whole number of batches on every rank."""
-    num_workers = loader.capped_workers(params["num_workers"])
-    return litdata.StreamingDataLoader(
-        dataset,
-        batch_size=params["batch_size"],
-        shuffle=params["shuffle"],
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-        prefetch_factor=args.prefetch_factor if num_workers > 0 else None,
-        timeout=args.loader_timeout if num_workers > 0 else 0,
-    )
-
-
-def set_epoch(generator: "litdata.StreamingDataLoader", epoch: int) -> None:
-    generator.current_epoch = epoch - 1  # its next pass counts one up
