@@ -15,7 +15,6 @@ from the usual environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ~/.aws, ...).
 
 import contextlib
 import functools
-import hashlib
 import os
 import shutil
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 import torch
 
 from plumbing import distributed, loader
-from plumbing.data import SPLITS, load_partition
+from plumbing.data import SPLITS, digest, load_partition
 from plumbing.errors import DataError, SetupError
 
 try:
@@ -42,6 +41,7 @@ except ModuleNotFoundError:
     ) from None
 
 INDEX = "index"  # URL/index: partition.json and labels.json, as one sample of text
+INDEX_FILES = ("partition.json", "labels.json")
 CHUNK_BYTES = "64MB"  # per chunk: large reads from object storage, a few per worker in memory
 
 # That view is cloned above, before anything could write to it
@@ -111,9 +111,6 @@ def sample(dataset: torch.utils.data.Dataset, index: int) -> dict:
 
 def index_sample(data_dir: Path, _: int) -> dict:
     return {name: (data_dir / name).read_text(encoding="utf-8") for name in INDEX_FILES}
-
-
-INDEX_FILES = ("partition.json", "labels.json")
 
 
 def write(data_dir: Path, output: str, dataset_class: type, num_workers: int) -> None:
@@ -219,14 +216,10 @@ def read_index(url: str) -> tuple[dict, dict, str]:
     index = litdata.StreamingDataset(
         f"{url}/{INDEX}", serializers=SAFE, storage_options=options(url)
     )[0]
-    with tempfile.TemporaryDirectory() as copy:  # checked as the files are
+    with tempfile.TemporaryDirectory() as copy:  # checked and digested as the files are
         for name in INDEX_FILES:
             (Path(copy) / name).write_text(index[name], encoding="utf-8")
-        partition, labels = load_partition(copy)
-    sha = hashlib.sha256()
-    for name in INDEX_FILES:
-        sha.update(index[name].encode("utf-8"))
-    return partition, labels, sha.hexdigest()[:16]
+        return *load_partition(copy), digest(copy)
 
 
 def open_splits(args: object, dataset_class: type) -> tuple[dict, tuple]:
