@@ -350,6 +350,14 @@ def loader_failure(err: BaseException, args: argparse.Namespace) -> str | None:
             f" sample from {args.data_dir} hangs (a stalled network file system?); check that"
             " its files read, or raise --loader-timeout"
         )
+    if "Chunk prefetch thread crashed" in text:  # LitData's words for a chunk not downloaded
+        reason = text.split("Original error: ", 1)[-1].strip().splitlines()[0][:300]
+        run_dir = getattr(args, "run_dir", None)
+        saved = f"; --resume {run_dir.name} goes on from its last epoch" if run_dir else ""
+        return (
+            f"{args.data_dir}: a chunk of the stream could not be downloaded ({reason}): check"
+            f" that the server is up and reachable{saved}"
+        )
     # torch's words for a worker's batch that did not fit in /dev/shm (but not for a worker
     # that ran out of file descriptors: README.md's FAQ has that one)
     out_of_shm = ("shared memory(shm)", "out of shared memory", "insufficient shared memory")

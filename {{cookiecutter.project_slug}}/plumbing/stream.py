@@ -32,7 +32,7 @@ from plumbing.errors import DataError, SetupError
 try:
     import botocore.config
     import litdata
-    from litdata.streaming import downloader
+    from litdata.streaming import downloader, reader
     from litdata.streaming.serializers import _SERIALIZERS, Serializer
 except ModuleNotFoundError:
     raise SetupError(
@@ -52,6 +52,11 @@ SCRATCH = {"DATA_OPTIMIZER_CACHE_FOLDER": "chunks", "DATA_OPTIMIZER_DATA_CACHE_F
 # An S3-compatible server reached over http:// (on premises, or a test's): LitData's faster
 # client (obstore) refuses it unless told, which boto3, its other one, does not.
 downloader._OBSTORE_CLIENT_OPTIONS = {**downloader._OBSTORE_CLIENT_OPTIONS, "allow_http": "true"}
+
+# A chunk that cannot be downloaded (the server stopped, the network went down) fails the read
+# that waits for it, with the reason, which plumbing.loader.loader_failure says in one line:
+# LitData's thread that downloads it need not print its traceback as well.
+reader.PrepareChunksThread._report_crash = lambda self, exc: None
 
 
 class Refused(Serializer):

@@ -4,7 +4,9 @@ pytorch_script.py --data-format stream trains from them, resumes inside an epoch
 refuses chunks that could run code, and says in one line what is wrong with a URL. They need
 the extra and moto: pip install -e ".[stream]" "moto[server]" (README.md)."""
 
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,17 +31,17 @@ from plumbing import preemption, stream  # noqa: E402
 from plumbing.data import load_partition  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """An S3 server on 127.0.0.1 (moto), and the environment that points boto3 at it; yields
-    its address. Stopped by its process id afterwards."""
+def start_s3_server(log: Path) -> tuple[subprocess.Popen, dict[str, str]]:
+    """An S3 server on 127.0.0.1 (moto's) that checks credentials, with a bucket "bucket";
+    returns its process and the environment that points boto3 at it, with a key it accepts."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    log = tmp_path_factory.mktemp("moto") / "server.log"
     with open(log, "w") as out:
         server = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            # the 3 requests that make a user and its key go unchecked; the rest are checked
+            env=os.environ | {"INITIAL_NO_AUTH_ACTION_COUNT": "3"},
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     address = f"http://127.0.0.1:{port}"
@@ -51,17 +53,37 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except OSError:
             assert server.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
-    env = {
-        "AWS_ENDPOINT_URL": address, "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_MAX_ATTEMPTS": "1",
-    }  # fmt: skip
-    before = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
     import boto3
 
-    boto3.client("s3").create_bucket(Bucket="bucket")
-    yield address
+    anyone = {"aws_access_key_id": "anyone", "aws_secret_access_key": "anyone"}
+    iam = boto3.client("iam", endpoint_url=address, region_name="us-east-1", **anyone)
+    iam.create_user(UserName="trainer")
+    may_use_s3 = {"Effect": "Allow", "Action": "s3:*", "Resource": "*"}
+    iam.put_user_policy(
+        UserName="trainer", PolicyName="s3",
+        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [may_use_s3]}),
+    )  # fmt: skip
+    key = iam.create_access_key(UserName="trainer")["AccessKey"]
+    env = {
+        "AWS_ENDPOINT_URL": address, "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"], "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_MAX_ATTEMPTS": "1",
+    }  # fmt: skip
+    s3 = boto3.client("s3", endpoint_url=address, region_name="us-east-1",
+                      aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
+    s3.create_bucket(Bucket="bucket")
+    return server, env
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An S3 server for the module's tests, and the environment that points boto3 at it;
+    yields its address. Stopped by its process id afterwards."""
+    server, env = start_s3_server(tmp_path_factory.mktemp("moto") / "server.log")
+    before = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    yield env["AWS_ENDPOINT_URL"]
     for name, value in before.items():
         if value is None:
             os.environ.pop(name)
@@ -209,6 +231,77 @@ def test_bad_places_are_one_line_and_write_nothing(
     err = capsys.readouterr().err
     assert err.startswith("error: s3://no-such-bucket/data: ") and "NoSuchBucket" in err
     assert snapshot(tiny_data) == before
+
+
+def test_wrong_credentials_are_one_line_and_write_nothing(
+    tiny_data: Path, tmp_path: Path, s3_server: str, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    url = f"s3://bucket/{tmp_path.name}"
+    write(tiny_data, url)
+    capsys.readouterr()
+    runs, before = tmp_path / "runs", snapshot(tiny_data)
+    flags = ["--data-format", "stream", "--data-dir", url]
+    for name, wrong in [("AWS_SECRET_ACCESS_KEY", "wrong"), ("AWS_ACCESS_KEY_ID", "AKIAWRONG")]:
+        monkeypatch.setenv(name, wrong)
+        assert train(tiny_data, runs / "run-1", *flags) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {url}: ") and err.count("\n") == 1
+        assert "(403)" in err and err.endswith("and the credentials (AWS_ACCESS_KEY_ID,"
+                                               " AWS_ENDPOINT_URL, ~/.aws, ...)\n")  # fmt: skip
+        assert pack_data.main(["--data-dir", str(tiny_data), "--format", "stream", "--output",
+                               f"{url}-again"]) == 1  # fmt: skip
+        err = capsys.readouterr().err
+        refused = {"AWS_SECRET_ACCESS_KEY": "SignatureDoesNotMatch", "AWS_ACCESS_KEY_ID":
+                   "InvalidAccessKeyId"}[name]  # fmt: skip
+        assert err.startswith(f"error: {url}-again: ") and refused in err
+        assert err.count("\n") == 1
+        monkeypatch.undo()
+    assert not runs.exists() and snapshot(tiny_data) == before
+
+
+@pytest.mark.parametrize("num_workers", ["0", "2"])
+def test_a_server_that_stops_inside_an_epoch_is_one_line_and_loses_nothing(
+    tiny_data: Path, tmp_path: Path, num_workers: str, monkeypatch: pytest.MonkeyPatch, capfd
+) -> None:
+    """The S3 server stops after batch 2 of epoch 2, with most of the stream's chunks still to
+    download: the run stops inside the epoch (the batches already downloaded are trained on) in
+    one line, with its checkpoints and metrics as epoch 1 left them."""
+    server, env = start_s3_server(tmp_path / "server.log")
+    try:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setattr(stream, "CHUNK_BYTES", "1kB")  # 3 samples a chunk: 64 for train
+        url = "s3://bucket/data"
+        write(tiny_data, url)
+        flags = ["--data-format", "stream", "--data-dir", url, "--num-workers", num_workers]
+        run_dir = tmp_path / "runs" / "run-1"
+        assert train(tiny_data, run_dir, *flags, "--max-epochs", "1", "--batch-size", "16") == 0
+        before = {path.name: path.read_bytes() for path in run_dir.iterdir()}
+        assert {"last.pt", "best.pt", "metrics.csv"} <= before.keys()
+        capfd.readouterr()
+
+        requested, batches = preemption.StopSignals.requested, []
+
+        def server_stops(self: preemption.StopSignals) -> bool:
+            batches.append(1)
+            if len(batches) == 2:
+                server.kill()
+                server.wait()
+            return requested(self)
+
+        monkeypatch.setattr(preemption.StopSignals, "requested", server_stops)
+        shutil.rmtree(tmp_path / "cache")  # every chunk from the server again
+        flags += ["--max-epochs", "2", "--batch-size", "16", "--resume"]
+        assert train(tiny_data, run_dir, *flags) == 1
+        err = capfd.readouterr().err
+        assert err.startswith(f"error: {url}: a chunk of the stream could not be downloaded (")
+        assert err.endswith("): check that the server is up and reachable; --resume run-1 goes on"
+                            " from its last epoch\n")  # fmt: skip
+        assert err.count("\n") == 1 and 2 <= len(batches) < 12  # inside epoch 2: 12 batches
+        assert {path.name: path.read_bytes() for path in run_dir.iterdir()} == before
+    finally:
+        server.kill()
+        server.wait()
 
 
 COUNT_BATCHES = """
