@@ -4,24 +4,30 @@
     python benchmarks/loaders.py --repeats 5 --small 20000 --large 2000
 
 For each sample shape (3x32x32 and 3x224x224, float32) it writes the data with the project's
-make_sample_data.py, packs it with pack_data.py, reads it once to warm the page cache, then
-times one epoch of the training split per loader, --repeats times, and prints medians and
-ratios measured in this one run. Then it measures DataLoader worker memory: private memory of
-two workers after a million samples drawn from 1,000 or from 1,000,000 IDs.
+make_sample_data.py, packs it with pack_data.py, writes it as a stream (pack_data.py --format
+stream) to a directory and to an S3 server on 127.0.0.1 (moto's, started here), reads it once to
+warm the page cache, then times one epoch of the training split per loader, --repeats times,
+and prints medians and ratios measured in this one run. A stream from S3 is timed cold (a new
+chunk cache each epoch: every chunk downloaded) and cached (LitData's cache warm). Then it
+measures DataLoader worker memory: private memory of two workers after a million samples drawn
+from 1,000 or from 1,000,000 IDs.
 """
 
 import argparse
+import contextlib
 import gc
 import json
 import multiprocessing
 import os
 import platform
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -72,6 +78,57 @@ def gather_rate(gather: Callable[[np.ndarray], torch.Tensor], num_samples: int) 
     return num_samples / (time.perf_counter() - start)
 
 
+@contextlib.contextmanager
+def s3_server(log: Path) -> Iterator[None]:
+    """An S3 server on 127.0.0.1 (moto's) with a bucket "bucket", and this process's environment
+    pointing boto3, LitData and the scripts it starts at it; stopped afterwards."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        for _ in range(300):
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            time.sleep(0.1)
+        os.environ.update(
+            {
+                "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+                "AWS_ACCESS_KEY_ID": "bench",
+                "AWS_SECRET_ACCESS_KEY": "bench",
+                "AWS_DEFAULT_REGION": "us-east-1",
+            }
+        )
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket="bucket")
+        yield
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def streamed(url: str, cache: Path | None = None) -> torch.utils.data.Dataset:
+    """The stream's training split, as pytorch_script.py --data-format stream reads it, with
+    LitData's chunk cache in cache (a URL's; a directory is read where it is)."""
+    import litdata.utilities.dataset_utilities as cache_of
+
+    from my_classes import Dataset
+    from plumbing import loader
+
+    if cache is not None:
+        cache_of._LITDATA_CACHE_DIR = str(cache)
+    args = argparse.Namespace(data_dir=url, shuffle=True, seed=0)
+    with contextlib.redirect_stdout(None):  # its "data: URL (streamed)"
+        return loader.open_stream(args, Dataset)[1][0]
+
+
 def measure_shape(project: Path, shape: str, num_samples: int, repeats: int) -> dict[str, float]:
     """Median samples/s of each loader on num_samples samples of this shape."""
     workdir = project.parent / f"data-{shape.replace(',', 'x')}"
@@ -85,6 +142,10 @@ def measure_shape(project: Path, shape: str, num_samples: int, repeats: int) -> 
         check=True,
     )
     subprocess.run([*run, "pack_data.py", "--data-dir", str(data)], cwd=project, check=True)
+    bucket = f"s3://bucket/{workdir.name}"
+    for output in (workdir / "stream", bucket):
+        pack = [*run, "pack_data.py", "--data-dir", str(data), "--format", "stream"]
+        subprocess.run([*pack, "--output", str(output)], cwd=project, check=True)
 
     import argparse
 
@@ -99,10 +160,19 @@ def measure_shape(project: Path, shape: str, num_samples: int, repeats: int) -> 
     cpus = usable_cpus()
     args = argparse.Namespace(seed=0, prefetch_factor=2, loader_timeout=0)
 
-    def generator(dataset: torch.utils.data.Dataset, num_workers: int):
-        """As pytorch_script.py makes its training_generator, the article's params completed."""
+    def generator(dataset: torch.utils.data.Dataset | Callable, num_workers: int):
+        """As pytorch_script.py makes its training_generator, the article's params completed;
+        dataset: or what makes a new one for each epoch."""
         params = {"batch_size": 64, "shuffle": True, "num_workers": num_workers}
-        return lambda: loader.make(dataset, params, args, torch.device("cpu"))
+        return lambda: loader.make(
+            dataset() if callable(dataset) else dataset, params, args, torch.device("cpu")
+        )
+
+    cold = iter(range(10**9))  # each cold epoch: a new, empty chunk cache
+
+    def downloaded() -> torch.utils.data.Dataset:
+        shutil.rmtree(workdir / "cache", ignore_errors=True)
+        return streamed(bucket, workdir / "cache" / str(next(cold)))
 
     # The training set, as training reads it: the user's Dataset, augmentation on (a no-op
     # until you write one), or the packed copy of what it reads.
@@ -117,9 +187,19 @@ def measure_shape(project: Path, shape: str, num_samples: int, repeats: int) -> 
         f"files, {cpus} workers": generator(files, cpus),
         "packed, 0 workers": generator(packed, 0),
         f"packed, {cpus} workers": generator(packed, cpus),
+        "stream, directory, 0 workers": generator(streamed(str(workdir / "stream")), 0),
+        f"stream, directory, {cpus} workers": generator(streamed(str(workdir / "stream")), cpus),
+        "stream, S3, cold, 0 workers": generator(downloaded, 0),
+        f"stream, S3, cold, {cpus} workers": generator(downloaded, cpus),
+        "stream, S3, cached, 0 workers": generator(streamed(bucket, workdir / "cached"), 0),
+        f"stream, S3, cached, {cpus} workers": generator(
+            streamed(bucket, workdir / "cached"), cpus
+        ),
     }
-    epoch_rate(loaders["files, 0 workers"]())  # warm the page cache: every file read once
-    epoch_rate(loaders["packed, 0 workers"]())
+    # Warm the page cache (every file read once), and the S3 stream's chunk cache
+    for name in ("files, 0 workers", "packed, 0 workers", "stream, directory, 0 workers"):
+        epoch_rate(loaders[name]())
+    epoch_rate(loaders["stream, S3, cached, 0 workers"]())
     results = {}
     for name, make in loaders.items():
         results[name] = statistics.median(epoch_rate(make()) for _ in range(repeats))
@@ -133,6 +213,7 @@ def measure_shape(project: Path, shape: str, num_samples: int, repeats: int) -> 
     for name, gather in gathers.items():
         results[name] = statistics.median(gather_rate(gather, len(X)) for _ in range(repeats))
     os.chdir(project)
+    shutil.rmtree(workdir / "cache", ignore_errors=True)
     return results
 
 
@@ -208,8 +289,11 @@ def main(argv: list[str] | None = None) -> int:
             f" torch {torch.__version__}; batch 64, one epoch of the training split,"
             f" median of {args.repeats}"
         )
-        for shape, num_samples in [("3,32,32", args.small), ("3,224,224", args.large)]:
-            results = measure_shape(project, shape, num_samples, args.repeats)
+        with s3_server(Path(tmp) / "moto.log"):
+            shapes = [("3,32,32", args.small), ("3,224,224", args.large)]
+            by_shape = {shape: measure_shape(project, shape, n, args.repeats) for shape, n in shapes}
+        for shape, num_samples in shapes:
+            results = by_shape[shape]
             article = results["article, 6 workers"]
             numpy_limit = results["limit: NumPy gathers, 1 thread"]
             torch_limit = results["limit: torch gathers, all threads"]

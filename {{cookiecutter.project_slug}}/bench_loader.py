@@ -2,16 +2,20 @@
 
     python bench_loader.py                # sweep: a table of samples/s, then the flags to use
     python bench_loader.py --format packed --num-workers 0 --batch-size 64 --epochs 2 --json
+    python bench_loader.py --stream s3://bucket/data   # the sweep, and the stream there too
 
 The sweep covers num_workers 0, 1, 2, 4, ... up to the usable CPUs, two batch sizes,
 persistent_workers, prefetch_factor, pin_memory (on CUDA, where each batch is also copied to the
-device), and both formats (packed once `python pack_data.py` ran).
+device), and the formats: files, packed once `python pack_data.py` ran, and with --stream URL
+the stream that `python pack_data.py --format stream --output URL` wrote.
 Each figure is the median of --repeats runs, over --epochs epochs of at most --max-samples
-training samples, with the page cache warmed first. The best setting depends on the machine,
-the storage and the sample size: measure it here rather than guess.
+training samples, with the page cache (and a stream's chunk cache) warmed first. The best
+setting depends on the machine, the storage and the sample size: measure it here rather than
+guess.
 """
 
 import argparse
+import contextlib
 import itertools
 import json
 import statistics
@@ -33,24 +37,42 @@ from plumbing.packed import PACKED, PackedDataset, packed_is_stale
 
 
 def training_sets(
-    data_dir: Path, formats: list[str], max_samples: int
+    data_dir: Path, formats: list[str], max_samples: int, stream_at: str | None = None
 ) -> tuple[dict[str, torch.utils.data.Dataset], str | None]:
     """The training split in each of these formats, as training reads it, cut to its first
-    max_samples samples; packed only while the pack is current. Also why it is not, if so."""
-    partition, labels = load_partition(data_dir)
-    files = Dataset(partition["train"], labels, data_dir, augment=True)
-    datasets = {"files": files}
-    stale = packed_is_stale(data_dir, partition, Dataset) if "packed" in formats else None
-    if "packed" in formats and not stale:
-        datasets["packed"] = PackedDataset(files, data_dir / PACKED / "train")
-    return {
-        # Subset passes whole batches on to PackedDataset.__getitems__.
-        name: torch.utils.data.Subset(dataset, range(max_samples))
-        if len(dataset) > max_samples
-        else dataset
-        for name, dataset in datasets.items()
-        if name in formats
-    }, stale
+    max_samples samples (a stream: to about as many, in whole chunks); packed only while the
+    pack is current. Also why it is not, if so."""
+    datasets, stale = {}, None
+    if "files" in formats or "packed" in formats:
+        partition, labels = load_partition(data_dir)
+        datasets["files"] = Dataset(partition["train"], labels, data_dir, augment=True)
+        stale = packed_is_stale(data_dir, partition, Dataset) if "packed" in formats else None
+        if "packed" in formats and not stale:
+            datasets["packed"] = PackedDataset(datasets["files"], data_dir / PACKED / "train")
+        datasets = {
+            # Subset passes whole batches on to PackedDataset.__getitems__.
+            name: torch.utils.data.Subset(dataset, range(max_samples))
+            if len(dataset) > max_samples
+            else dataset
+            for name, dataset in datasets.items()
+            if name in formats
+        }
+    if "stream" in formats:
+        datasets["stream"] = streamed_training_set(stream_at, max_samples)
+    return datasets, stale
+
+
+def streamed_training_set(url: str, max_samples: int) -> torch.utils.data.Dataset:
+    """The stream's training split, as pytorch_script.py --data-format stream reads it."""
+    args = argparse.Namespace(data_dir=url, shuffle=True, seed=0)
+    with contextlib.redirect_stdout(sys.stderr):  # its "data: URL (streamed)": not the JSON
+        _, (training_set, _) = loader.open_stream(args, Dataset)
+    if len(training_set) > max_samples:
+        share = max_samples / len(training_set)
+        training_set = type(training_set)(
+            training_set.url, training_set.dataset, True, 0, subsample=share
+        )
+    return training_set
 
 
 def samples_per_s(
@@ -76,8 +98,8 @@ def samples_per_s(
         collate_fn=PackedDataset.collate_fn if data_format == "packed" else None,
     )
     num_samples = 0
-    for epoch in range(epochs):
-        generator.sampler.set_epoch(epoch)
+    for epoch in range(1, epochs + 1):
+        loader.set_epoch(generator, epoch)
         for X, y in generator:
             if device.type == "cuda":
                 X.to(device, non_blocking=setting["pin_memory"])
@@ -107,14 +129,19 @@ def worker_counts(cpus: int) -> list[int]:
     return sorted({0, cpus} | {2**k for k in range(cpus.bit_length()) if 2**k < cpus})
 
 
-def settings(batch_size: int, device: torch.device) -> list[dict]:
-    """Every combination the sweep measures; worker-only options only where there are workers."""
+def settings(batch_size: int, device: torch.device, data_format: str) -> list[dict]:
+    """Every combination the sweep measures; worker-only options only where there are workers.
+    A stream's loader (LitData's) starts its workers every epoch, and pins memory on CUDA."""
     rows = []
-    pin_memory = [False, True] if device.type == "cuda" else [False]
+    pin_memory = [False, True] if device.type == "cuda" and data_format != "stream" else [False]
+    if data_format == "stream":
+        pin_memory = [device.type == "cuda"]
     for batch, workers, pin in itertools.product(
         [batch_size, 4 * batch_size], worker_counts(usable_cpus()), pin_memory
     ):
         worker_options = [(True, 2), (True, 4), (False, 2)] if workers else [(False, None)]
+        if data_format == "stream" and workers:
+            worker_options = [(False, 2), (False, 4)]
         for persistent, prefetch in worker_options:
             rows.append(
                 {
@@ -132,7 +159,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="as for training")
     p.add_argument(
-        "--format", choices=["files", "packed"], help="measure one setting in this format"
+        "--format", choices=["files", "packed", "stream"], help="measure one setting in this format"
+    )
+    p.add_argument(
+        "--stream",
+        metavar="URL",
+        help="the stream (a directory or s3://...) to measure, as --data-dir when training with"
+        " --data-format stream",
     )
     p.add_argument("--num-workers", type=non_negative_int, help="with --format (default 0)")
     p.add_argument(
@@ -154,6 +187,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.format and (args.json or args.num_workers is not None or args.prefetch_factor):
         p.error("--json, --num-workers and --prefetch-factor measure one setting: give --format")
+    if args.format == "stream" and not args.stream:
+        p.error("--format stream measures the stream at --stream URL: give it")
     args.num_workers = args.num_workers or 0
     args.prefetch_factor = args.prefetch_factor or 2
     return args
@@ -172,14 +207,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def measure_one(args: argparse.Namespace, device: torch.device) -> int:
-    datasets, stale = training_sets(args.data_dir, [args.format], args.max_samples)
+    datasets, stale = training_sets(args.data_dir, [args.format], args.max_samples, args.stream)
     if stale:
         raise DataError(f"{stale}: run `python pack_data.py` first")
     dataset = datasets[args.format]
     setting = {
         "batch_size": args.batch_size,
         "num_workers": min(args.num_workers, usable_cpus()),
-        "persistent_workers": args.num_workers > 0,
+        "persistent_workers": args.num_workers > 0 and args.format != "stream",
         "prefetch_factor": args.prefetch_factor if args.num_workers > 0 else None,
         "pin_memory": device.type == "cuda",
     }
@@ -191,13 +226,14 @@ def measure_one(args: argparse.Namespace, device: torch.device) -> int:
 
 
 def sweep(args: argparse.Namespace, device: torch.device) -> int:
-    datasets, stale = training_sets(args.data_dir, ["files", "packed"], args.max_samples)
+    formats = ["files", "packed", "stream"] if args.stream else ["files", "packed"]
+    datasets, stale = training_sets(args.data_dir, formats, args.max_samples, args.stream)
     if stale:
         print(f"packed: not measured ({stale}); `python pack_data.py` adds it")
-    jobs = [(f, s) for f in datasets for s in settings(args.batch_size, device)]
+    jobs = [(f, s) for f in datasets for s in settings(args.batch_size, device, f)]
     warm_up = {"batch_size": 256, "num_workers": 0, "persistent_workers": False}
     warm_up |= {"prefetch_factor": None, "pin_memory": False}
-    for data_format, dataset in datasets.items():  # read everything once: a warm page cache
+    for data_format, dataset in datasets.items():  # read everything once: warm caches
         measure(dataset, data_format, warm_up, device, epochs=1, repeats=1)
 
     results = []
@@ -209,7 +245,8 @@ def sweep(args: argparse.Namespace, device: torch.device) -> int:
 
     results.sort(key=lambda row: -row[0])
     best = results[0][0]
-    print(f"{len(datasets['files'])} samples x {args.epochs} epochs, median of {args.repeats}")
+    samples = ", ".join(f"{len(dataset)} {name}" for name, dataset in datasets.items())
+    print(f"{samples} samples x {args.epochs} epochs, median of {args.repeats}")
     header = ["format", "workers", "batch", "persistent", "prefetch", "pin", "samples/s", "of best"]
     print("{:7} {:>7} {:>6} {:>10} {:>8} {:>5} {:>11} {:>7}".format(*header))
     for rate, data_format, s in results:
@@ -224,11 +261,13 @@ def sweep(args: argparse.Namespace, device: torch.device) -> int:
         row
         for row in results
         if row[2]["batch_size"] == args.batch_size
-        and row[2]["persistent_workers"] == (row[2]["num_workers"] > 0)
+        and row[2]["persistent_workers"] == (row[2]["num_workers"] > 0 and row[1] != "stream")
         and row[2]["pin_memory"] == (device.type == "cuda")
     ]
     rate, data_format, s = usable[0]
     flags = f"--data-format {data_format} --batch-size {args.batch_size}"
+    if data_format == "stream":
+        flags += f" --data-dir {args.stream}"
     flags += f" --num-workers {s['num_workers']}"
     if s["num_workers"]:
         flags += f" --prefetch-factor {s['prefetch_factor']}"

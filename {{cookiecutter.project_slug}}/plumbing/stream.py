@@ -59,6 +59,25 @@ downloader._OBSTORE_CLIENT_OPTIONS = {**downloader._OBSTORE_CLIENT_OPTIONS, "all
 reader.PrepareChunksThread._report_crash = lambda self, exc: None
 
 
+def _quiet_closed_loop(print_error: object) -> object:
+    """When one download fails, LitData closes the event loop of the others, and each that
+    finishes afterwards reports, through sys.excepthook, that the loop is closed: noise."""
+
+    def excepthook(exc_type: type, exc: BaseException, tb: object) -> None:
+        if not (
+            exc_type is RuntimeError
+            and str(exc) == "Event loop is closed"
+            and tb is not None
+            and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"
+        ):
+            print_error(exc_type, exc, tb)
+
+    return excepthook
+
+
+sys.excepthook = _quiet_closed_loop(sys.excepthook)
+
+
 class Refused(Serializer):
     """What a stream written here never holds: pickle, and decoders of files, images, video...
     A chunk that names one is refused on read, as torch.load(..., weights_only=True) refuses
@@ -120,16 +139,20 @@ def index_sample(data_dir: Path, _: int) -> dict:
 
 def write(data_dir: Path, output: str, dataset_class: type, num_workers: int) -> None:
     """Write each split of data_dir, as dataset_class reads it, into LitData chunks at output
-    (a directory or a URL), then the index: until it is written, the stream is unfinished."""
+    (a directory or a URL), then the index: until it is written, the stream is unfinished.
+    The samples go in a random order (the same every time): LitData shuffles chunks, and
+    samples within a chunk, so a split listed by class would otherwise give batches of one
+    class."""
     partition, labels = load_partition(data_dir)
     url = location(output)
     with reaching(output):
         for split in SPLITS:
             dataset = dataset_class(partition[split], labels, data_dir)
+            order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))
             optimize(
-                functools.partial(sample, dataset), len(dataset), f"{url}/{split}", num_workers
+                functools.partial(sample, dataset), order.tolist(), f"{url}/{split}", num_workers
             )
-        optimize(functools.partial(index_sample, Path(data_dir)), 1, f"{url}/{INDEX}", 1)
+        optimize(functools.partial(index_sample, Path(data_dir)), [0], f"{url}/{INDEX}", 1)
 
 
 @contextlib.contextmanager
@@ -156,7 +179,7 @@ def reaching(where: str | Path, missing: str = "") -> Iterator[None]:
         ) from None
 
 
-def optimize(fn: functools.partial, num_samples: int, output_dir: str, num_workers: int) -> None:
+def optimize(fn: functools.partial, inputs: list[int], output_dir: str, num_workers: int) -> None:
     """litdata.optimize, quiet and in order, with scratch directories of its own (by default,
     LitData's are /tmp/chunks and /tmp/data, which two packs at once would share)."""
     scratch = tempfile.mkdtemp(prefix="litdata-")
@@ -165,11 +188,11 @@ def optimize(fn: functools.partial, num_samples: int, output_dir: str, num_worke
     try:
         litdata.optimize(
             fn=fn,
-            inputs=list(range(num_samples)),
+            inputs=inputs,
             output_dir=output_dir,
             storage_options=options(output_dir),
             chunk_bytes=CHUNK_BYTES,
-            num_workers=max(1, min(num_workers, num_samples)),
+            num_workers=max(1, min(num_workers, len(inputs))),
             mode="overwrite",
             keep_data_ordered=True,
             verbose=False,
@@ -199,9 +222,25 @@ class StreamedSplit(litdata.StreamingDataset):
     random_augmentation on every read of a training sample (seeded by the seed, the epoch, the
     rank and the sample: a resumed epoch draws what it drew)."""
 
-    def __init__(self, url: str, dataset: torch.utils.data.Dataset, shuffle: bool, seed: int):
+    def __init__(
+        self,
+        url: str,
+        dataset: torch.utils.data.Dataset,
+        shuffle: bool,
+        seed: int,
+        subsample: float = 1.0,  # this share of it (bench_loader.py --max-samples)
+    ) -> None:
         super().__init__(
-            url, shuffle=shuffle, seed=seed, serializers=SAFE, storage_options=options(url)
+            url,
+            shuffle=shuffle,
+            seed=seed,
+            subsample=subsample,
+            # Each sample decoded when read: LitData's default decodes a window of samples
+            # around it, which a shuffled read mostly discards (7 times slower, measured).
+            batch_decode=0,
+            item_shuffle_window="full",  # rather than within blocks of 256 samples
+            serializers=SAFE,
+            storage_options=options(url),
         )
         self.dataset, self.url, self.seed = dataset, url, seed
 
@@ -209,7 +248,7 @@ class StreamedSplit(litdata.StreamingDataset):
         item = super().__getitem__(index)
         X = item["X"].clone()  # LitData's is a view of its read-only chunk
         if self.dataset.augment:
-            loader.seed_everything(
+            loader.seed_reads(
                 loader.epoch_seed(self.seed, self.current_epoch, part=1 + item["index"])
             )
             X = self.dataset.random_augmentation(X)

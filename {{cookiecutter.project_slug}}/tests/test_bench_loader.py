@@ -52,6 +52,9 @@ def test_one_setting_options_need_a_format(capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(SystemExit):
         bench_loader.main(["--num-workers", "2"])
     assert "give --format" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_loader.main(["--format", "stream"])
+    assert "--format stream measures the stream at --stream URL: give it" in capsys.readouterr().err
 
 
 def test_without_packed_data_the_sweep_says_how_to_add_it(

@@ -4,6 +4,7 @@ pytorch_script.py --data-format stream trains from them, resumes inside an epoch
 refuses chunks that could run code, and says in one line what is wrong with a URL. They need
 the extra and moto: pip install -e ".[stream]" "moto[server]" (README.md)."""
 
+import argparse
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ from test_change_where import weights  # noqa: E402
 import pack_data  # noqa: E402
 from conftest import read_rows, snapshot, train  # noqa: E402
 from my_classes import Dataset  # noqa: E402
-from plumbing import preemption, stream  # noqa: E402
+from plumbing import loader, preemption, stream  # noqa: E402
 from plumbing.data import load_partition  # noqa: E402
 
 
@@ -118,6 +119,28 @@ def test_a_stream_holds_what_the_dataset_reads(tiny_data: Path, tmp_path: Path, 
             item = streamed[i]
             X, y = dataset[item["index"]]
             assert torch.equal(item["X"], X) and item["y"] == y
+
+
+def test_a_split_listed_by_class_still_gives_batches_of_many_classes(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LitData shuffles chunks and samples within a chunk: written in the order partition.json
+    lists them, by class here, each chunk (up to 48 samples) and so most batches would hold one class."""
+    partition, labels = load_partition(tiny_data)
+    partition["train"].sort(key=lambda ID: labels[ID])
+    (tiny_data / "partition.json").write_text(json.dumps(partition))
+    monkeypatch.setattr(stream, "CHUNK_BYTES", "14kB")  # 48 samples of 1x8x8
+    write(tiny_data, str(tmp_path / "stream"))
+    args = argparse.Namespace(data_dir=tmp_path / "stream", shuffle=True, seed=0,
+                              prefetch_factor=2, loader_timeout=0)  # fmt: skip
+    labels, (training_set, _) = stream.open_splits(args, Dataset)
+    assert len(training_set.subsampled_files) >= 4  # chunks of 48 samples or fewer
+    training_generator = loader.make(
+        training_set, {"batch_size": 16, "shuffle": True, "num_workers": 0}, args,
+        torch.device("cpu"),
+    )  # fmt: skip
+    classes = [len(set(local_labels.tolist())) for _, local_labels in training_generator]
+    assert len(classes) == 12 and min(classes) >= 2, classes
 
 
 def flip(self: Dataset, X: torch.Tensor) -> torch.Tensor:
@@ -369,3 +392,31 @@ def test_under_torchrun_every_rank_gets_as_many_batches_and_resumes_bit_for_bit(
         same_run(copy)
     finally:
         os.environ.pop("LITDATA_CACHE_DIR")
+
+
+@pytest.mark.parametrize("where", ["directory", "s3"])
+def test_bench_loader_measures_a_stream(
+    tiny_data: Path, tmp_path: Path, s3_server: str, where: str, capsys
+) -> None:
+    """One setting as JSON, then the sweep with the stream beside files and packed, from a
+    directory and from the S3 server."""
+    import bench_loader
+
+    url = str(tmp_path / "stream") if where == "directory" else f"s3://bucket/{tmp_path.name}"
+    write(tiny_data, url)
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    capsys.readouterr()
+    small = ["--repeats", "1", "--epochs", "1", "--batch-size", "16", "--stream", url]
+    argv = ["--data-dir", str(tiny_data), *small]
+    assert bench_loader.main([*argv, "--format", "stream", "--num-workers", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["format"] == "stream" and result["samples"] == 192
+    assert (result["num_workers"], result["persistent_workers"]) == (1, False)
+    assert result["samples_per_s"] > 0
+
+    assert bench_loader.main([*argv, "--max-samples", "96"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "96 files, 96 packed, 96 stream samples x 1 epochs, median of 1"
+    rows = [line.split() for line in lines if line.split()[:1] == ["stream"]]
+    assert {(row[1], row[3]) for row in rows} == {("0", "False"), ("1", "False"), ("2", "False")}
+    assert all(float(row[6].replace(",", "")) > 0 for row in rows)
