@@ -118,7 +118,6 @@ def streamed(url: str, cache: Path | None = None) -> torch.utils.data.Dataset:
     """The stream's training split, as pytorch_script.py --data-format stream reads it, with
     LitData's chunk cache in cache (a URL's; a directory is read where it is)."""
     import litdata.utilities.dataset_utilities as cache_of
-
     from my_classes import Dataset
     from plumbing import loader
 
@@ -280,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                 no_input=True,
                 output_dir=tmp,
                 config_file=str(config),
-                extra_context={"create_sample_data": False, "run_smoke_test": False},
+                extra_context={"_create_sample_data": False, "_run_smoke_test": False},
             )
         )
         sys.path.insert(0, str(project))
@@ -291,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         with s3_server(Path(tmp) / "moto.log"):
             shapes = [("3,32,32", args.small), ("3,224,224", args.large)]
-            by_shape = {shape: measure_shape(project, shape, n, args.repeats) for shape, n in shapes}
+            by_shape = {
+                shape: measure_shape(project, shape, n, args.repeats) for shape, n in shapes
+            }
         for shape, num_samples in shapes:
             results = by_shape[shape]
             article = results["article, 6 workers"]

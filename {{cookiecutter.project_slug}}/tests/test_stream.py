@@ -125,7 +125,8 @@ def test_a_split_listed_by_class_still_gives_batches_of_many_classes(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """LitData shuffles chunks and samples within a chunk: written in the order partition.json
-    lists them, by class here, each chunk (up to 48 samples) and so most batches would hold one class."""
+    lists them, by class here, each chunk (up to 48 samples), and so most batches, would hold
+    one class."""
     partition, labels = load_partition(tiny_data)
     partition["train"].sort(key=lambda ID: labels[ID])
     (tiny_data / "partition.json").write_text(json.dumps(partition))
