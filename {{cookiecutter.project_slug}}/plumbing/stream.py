@@ -249,7 +249,8 @@ class StreamedSplit(litdata.StreamingDataset):
             subsample=subsample,
             # Each sample decoded when read: LitData's default decodes a window of samples
             # around it, which a shuffled read mostly discards (7 times slower, measured).
-            item_loader=PyTreeLoader(batch_decode=0),
+            batch_decode=0,
+            item_loader=PyTreeLoader(),
             item_shuffle_window="full",  # rather than within blocks of 256 samples
             serializers=SAFE,
             storage_options=options(url),

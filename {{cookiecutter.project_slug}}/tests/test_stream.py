@@ -140,8 +140,16 @@ def test_a_split_listed_by_class_still_gives_batches_of_many_classes(
         training_set, {"batch_size": 16, "shuffle": True, "num_workers": 0}, args,
         torch.device("cpu"),
     )  # fmt: skip
+    decoded, deserialize = [], litdata.streaming.serializers.TensorSerializer.deserialize
+
+    def counted(self: object, data: bytes) -> torch.Tensor:
+        decoded.append(1)
+        return deserialize(self, data)
+
+    monkeypatch.setattr(litdata.streaming.serializers.TensorSerializer, "deserialize", counted)
     classes = [len(set(local_labels.tolist())) for _, local_labels in training_generator]
     assert len(classes) == 12 and min(classes) >= 2, classes
+    assert len(decoded) == 192  # each sample decoded once, when read: not a window around it
 
 
 def flip(self: Dataset, X: torch.Tensor) -> torch.Tensor:
