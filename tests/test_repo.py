@@ -49,11 +49,11 @@ def test_the_benchmarks_run_and_print_their_tables() -> None:
     """Tiny sizes: the numbers mean nothing here, the scripts must just keep working."""
     loaders = [sys.executable, "benchmarks/loaders.py", "--repeats", "1", "--no-memory"]
     out = run([*loaders, "--small", "300", "--large", "20"], ROOT).stdout
-    names = ["article, 6 workers", "files, 2 workers", "packed, 0 workers", "limit: NumPy"]
-    names += ["stream, directory, 0 workers", "stream, S3, cold, 2 workers"]
+    names = ["article, 6 workers", r"files, [1-9]\d* workers", "packed, 0 workers", "limit: NumPy"]
+    names += ["stream, directory, 0 workers", r"stream, S3, cold, [1-9]\d* workers"]
     names += ["stream, S3, cached, 0 workers"]
-    for name in names:
-        assert out.count(f"  {name}") == 2, out  # one row for each sample shape
+    for name in names:  # one row for each sample shape (workers: as many as CPUs)
+        assert len(re.findall(f"\n  {name}", out)) == 2, out
     bake_time = [sys.executable, "benchmarks/bake_time.py", "--repeats", "1"]
     bake = run([*bake_time, "--against", "HEAD"], ROOT).stdout
     assert "cookiecutter --no-input (defaults)" in bake and "defaults / import torch:" in bake

@@ -40,8 +40,8 @@ def training_sets(
     data_dir: Path, formats: list[str], max_samples: int, stream_at: str | None = None
 ) -> tuple[dict[str, torch.utils.data.Dataset], str | None]:
     """The training split in each of these formats, as training reads it, cut to its first
-    max_samples samples (a stream: to about as many, in whole chunks); packed only while the
-    pack is current. Also why it is not, if so."""
+    max_samples samples (a stream: to as many, drawn by LitData); packed only while the pack
+    is current. Also why it is not, if so."""
     datasets, stale = {}, None
     if "files" in formats or "packed" in formats:
         partition, labels = load_partition(data_dir)

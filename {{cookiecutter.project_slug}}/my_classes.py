@@ -66,8 +66,10 @@ class Dataset(torch.utils.data.Dataset):
         return load_sample(self.data_dir / f"{ID}.pt", ID)
 
     def random_augmentation(self, X: torch.Tensor) -> torch.Tensor:
-        """A random change to one training sample, on every read, from the files or packed.
-        E.g. a horizontal flip: `if torch.rand(()) < 0.5: X = X.flip(-1)`."""
+        """A random change to one training sample, on every read, from the files, packed or
+        a stream. E.g. a horizontal flip: `if torch.rand(()) < 0.5: X = X.flip(-1)`. Draw on
+        the CPU (torch, NumPy or random), which is seeded for each read: repeatable, resumed
+        or not."""
         return X
 
 

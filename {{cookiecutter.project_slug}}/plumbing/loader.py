@@ -348,6 +348,15 @@ def within(batches: Iterable, seconds: float) -> Iterator:
         yield batch
 
 
+# What LitData's downloads raise when the store cannot be reached or refuses (obstore's,
+# botocore's, Python's); any other failure of its download thread keeps its traceback.
+DOWNLOAD_FAILURES = (
+    "GenericError", "NotFoundError", "PermissionDeniedError", "UnauthenticatedError",
+    "EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError", "ReadTimeoutError",
+    "ClientError", "ConnectionRefusedError", "ConnectionResetError", "TimeoutError",
+)  # fmt: skip
+
+
 def loader_failure(err: BaseException, args: argparse.Namespace) -> str | None:
     """What to do about a DataLoader failure that has a known cause; None for any other."""
     text = str(err) if isinstance(err, RuntimeError) else ""
@@ -362,11 +371,14 @@ def loader_failure(err: BaseException, args: argparse.Namespace) -> str | None:
     if "Chunk prefetch thread crashed" in text:  # LitData's words for a chunk not downloaded
         reason = text.split("Original error: ", 1)[-1].strip().splitlines()[0][:300]
         run_dir = getattr(args, "run_dir", None)
-        saved = f"; --resume {run_dir.name} goes on from its last epoch" if run_dir else ""
-        return (
-            f"{args.data_dir}: a chunk of the stream could not be downloaded ({reason}): check"
-            f" that the server is up and reachable{saved}"
-        )
+        saved = ""
+        if run_dir is not None and (run_dir / "last.pt").exists():
+            saved = f"; --resume {run_dir.name} goes on from its last epoch"
+        if reason.split(":")[0] in DOWNLOAD_FAILURES:
+            return (
+                f"{args.data_dir}: a chunk of the stream could not be downloaded ({reason}):"
+                f" check that the server is up and reachable{saved}"
+            )
     # torch's words for a worker's batch that did not fit in /dev/shm (but not for a worker
     # that ran out of file descriptors: README.md's FAQ has that one)
     out_of_shm = ("shared memory(shm)", "out of shared memory", "insufficient shared memory")

@@ -152,6 +152,33 @@ def test_a_split_listed_by_class_still_gives_batches_of_many_classes(
     assert len(decoded) == 192  # each sample decoded once, when read: not a window around it
 
 
+def test_a_chunk_not_memory_mapped_is_read_a_sample_at_a_time(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LitData does not memory-map a chunk that two DataLoader workers share (as here, every
+    chunk): each sample is then read alone, not with the whole chunk file (LitData's own)."""
+    write(tiny_data, str(tmp_path / "stream"))
+    item_loader = litdata.streaming.item_loader
+    monkeypatch.setattr(item_loader.PyTreeLoader, "set_mmap_allowed_chunks", lambda *_: None)
+    opened, read = [], open
+
+    def counted(path: str, mode: str = "r", *args: object, **kwargs: object) -> object:
+        opened.append(path)
+        return read(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(item_loader, "open", counted, raising=False)
+    args = argparse.Namespace(data_dir=tmp_path / "stream", shuffle=True, seed=0,
+                              prefetch_factor=2, loader_timeout=0)  # fmt: skip
+    _, (training_set, _) = stream.open_splits(args, Dataset)
+    training_generator = loader.make(
+        training_set, {"batch_size": 16, "shuffle": True, "num_workers": 0}, args,
+        torch.device("cpu"),
+    )  # fmt: skip
+    assert sum(len(local_labels) for _, local_labels in training_generator) == 192
+    assert training_set.cache._reader._item_loader._mmap is None  # read as a shared chunk is
+    assert len(opened) < 10, opened  # a few chunk files, each opened once or twice: not 192
+
+
 def flip(self: Dataset, X: torch.Tensor) -> torch.Tensor:
     """A random augmentation, as a user writes one."""
     return X.flip(-1) if torch.rand(()) < 0.5 else X
@@ -302,7 +329,8 @@ def test_a_server_that_stops_inside_an_epoch_is_one_line_and_loses_nothing(
     try:
         for name, value in env.items():
             monkeypatch.setenv(name, value)
-        monkeypatch.setattr(stream, "CHUNK_BYTES", "1kB")  # 3 samples a chunk: 64 for train
+        # A sample a chunk: LitData downloads up to 32 chunks ahead, of 96 for each worker
+        monkeypatch.setattr(stream, "CHUNK_BYTES", "300B")
         url = "s3://bucket/data"
         write(tiny_data, url)
         flags = ["--data-format", "stream", "--data-dir", url, "--num-workers", num_workers]
@@ -405,12 +433,14 @@ def test_under_torchrun_every_rank_gets_as_many_batches_and_resumes_bit_for_bit(
 
 @pytest.mark.parametrize("where", ["directory", "s3"])
 def test_bench_loader_measures_a_stream(
-    tiny_data: Path, tmp_path: Path, s3_server: str, where: str, capsys
-) -> None:
+    tiny_data: Path, tmp_path: Path, s3_server: str, where: str,
+    monkeypatch: pytest.MonkeyPatch, capsys,
+) -> None:  # fmt: skip
     """One setting as JSON, then the sweep with the stream beside files and packed, from a
     directory and from the S3 server."""
     import bench_loader
 
+    monkeypatch.setattr(bench_loader, "usable_cpus", lambda: 2)  # the sweep: 0, 1 and 2 workers
     url = str(tmp_path / "stream") if where == "directory" else f"s3://bucket/{tmp_path.name}"
     write(tiny_data, url)
     assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
