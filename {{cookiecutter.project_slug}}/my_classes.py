@@ -66,10 +66,9 @@ class Dataset(torch.utils.data.Dataset):
         return load_sample(self.data_dir / f"{ID}.pt", ID)
 
     def random_augmentation(self, X: torch.Tensor) -> torch.Tensor:
-        """A random change to one training sample, on every read, from the files, packed or
-        a stream. E.g. a horizontal flip: `if torch.rand(()) < 0.5: X = X.flip(-1)`. Draw on
-        the CPU (torch, NumPy or random), which is seeded for each read: repeatable, resumed
-        or not."""
+        """A random change to one training sample, on every read, from the files, packed or a
+        stream; draw on the CPU (torch, NumPy or random: seeded for each read, so repeatable).
+        E.g. a horizontal flip: `if torch.rand(()) < 0.5: X = X.flip(-1)`."""
         return X
 
 
