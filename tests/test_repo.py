@@ -54,6 +54,9 @@ def test_the_benchmarks_run_and_print_their_tables() -> None:
     names += ["stream, S3, cached, 0 workers"]
     for name in names:  # one row for each sample shape (workers: as many as CPUs)
         assert len(re.findall(f"\n  {name}", out)) == 2, out
+    scale = [sys.executable, "benchmarks/scale.py", "--sizes", "20000", "--repeats", "1"]
+    out = run(scale, ROOT).stdout
+    assert re.search(r"\n +20,000 +[\d.]+s .* [\d.]+x\n", out), out  # one row, speed-up last
     bake_time = [sys.executable, "benchmarks/bake_time.py", "--repeats", "1"]
     bake = run([*bake_time, "--against", "HEAD"], ROOT).stdout
     assert "cookiecutter --no-input (defaults)" in bake and "defaults / import torch:" in bake

@@ -6,9 +6,11 @@
     python pytorch_script.py --data-format stream --data-dir s3://bucket/data   # streaming
 
 Each sample is what my_classes.Dataset returns for it, but for random_augmentation, which
-still runs on every read. The per-file data stays as it is. pytorch_script.py uses the packed
-copy only while data/ holds exactly the files it was packed from and my_classes.py makes a
-sample as it did then: after changing either, run pack_data.py again.
+still runs on every read, read by as many DataLoader workers as there are CPUs to use. The
+per-file data stays as it is. pytorch_script.py uses the packed copy only while data/ holds
+exactly the files it was packed from and my_classes.py makes a sample as it did then: after
+changing either, run pack_data.py again. A pack that was killed (or stopped with Ctrl-C) goes
+on where it stopped when run again on the same data.
 """
 
 import json
@@ -25,18 +27,26 @@ import torch
 from tqdm import tqdm
 
 from my_classes import Dataset
-from plumbing.cli import parser
-from plumbing.data import SPLITS, like_first, load_partition
-from plumbing.errors import DataError, SetupError
+from plumbing import loader
+from plumbing.cli import non_negative_int, parser
+from plumbing.data import SPLITS, load_partition
+from plumbing.errors import DataError, SetupError, one_line
 from plumbing.files import atomic_write_text
 from plumbing.loader import usable_cpus
-from plumbing.packed import FINGERPRINT, PACKED, fingerprint, packed_is_stale
+from plumbing.packed import FINGERPRINT, PACKED, Numbered, fingerprint, packed_is_stale
+
+PACKING = "packing.json"  # in a pack still being written: the fingerprint it is packed from
+DONE = "done"  # in each split of it: how many samples are written, and on disk
+BATCH_BYTES = 2**22  # read in batches of about 4 MB: cheap to hand over, small in memory
 
 
-def pack_split(dataset: Dataset, out_dir: Path, first: tuple[str, torch.Size, torch.dtype]) -> None:
-    """Stream dataset[i] of every sample, as training reads it but for random_augmentation, into
-    out_dir/X.npy and out_dir/y.npy, one sample at a time; each must be like `first`, the
-    first training sample (ID, shape, dtype)."""
+def pack_split(
+    dataset: Dataset, out_dir: Path, first: tuple[str, torch.Size, torch.dtype], num_workers: int
+) -> None:
+    """Write dataset[i] of every sample, as training reads it but for random_augmentation, to
+    out_dir/X.npy and out_dir/y.npy in order, read in batches by num_workers DataLoader
+    workers; each must be like `first`, the first training sample (ID, shape, dtype). Goes on
+    after the samples out_dir/done counts, if a killed run left it."""
     _, shape, dtype = first
     try:
         np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
@@ -44,48 +54,89 @@ def pack_split(dataset: Dataset, out_dir: Path, first: tuple[str, torch.Size, to
         raise DataError(
             f"samples of dtype {dtype} cannot be packed: NumPy has no such dtype"
         ) from None
-    out_dir.mkdir(parents=True)
-    # open_memmap writes the .npy header, then the rows go straight to the file: the split is
-    # never in memory all at once.
-    X = np.lib.format.open_memmap(
-        out_dir / "X.npy", mode="w+", dtype=np_dtype, shape=(len(dataset), *shape)
-    )
-    y = np.empty(len(dataset), dtype=np.int64)
+    done = int((out_dir / DONE).read_text()) if (out_dir / DONE).exists() else 0
+    if done == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # open_memmap writes the .npy header, then the rows go straight to the file: the split
+        # is never in memory all at once.
+        X = np.lib.format.open_memmap(
+            out_dir / "X.npy", mode="w+", dtype=np_dtype, shape=(len(dataset), *shape)
+        )
+        y = np.lib.format.open_memmap(
+            out_dir / "y.npy", mode="w+", dtype=np.int64, shape=(len(dataset),)
+        )
+    else:
+        X, y = (np.load(out_dir / name, mmap_mode="r+") for name in ("X.npy", "y.npy"))
+    batch_size = max(1, min(1024, BATCH_BYTES // max(1, X[0].nbytes)))
+    batches = loader.in_order(Numbered(dataset, done, first), batch_size, num_workers)
     progress = tqdm(
-        range(len(dataset)), desc=f"packing {out_dir.name}", unit="sample", leave=False,
-        disable=None,
+        total=len(dataset), initial=done, desc=f"packing {out_dir.name}", unit="sample",
+        leave=False, disable=None,
     )  # fmt: skip
+    saved = time.monotonic()
     try:
-        for i in progress:
-            sample, label = dataset[i]
-            like_first(sample, dataset.list_IDs[i], first)  # a split must match the other too
-            X[i], y[i] = sample.numpy(), label
-        X.flush()
+        for rows, samples, labels in batches:
+            start, stop = int(rows[0]), int(rows[-1]) + 1
+            X[start:stop], y[start:stop] = samples.numpy(), labels.numpy()
+            progress.update(stop - start)
+            if time.monotonic() - saved > 1:  # what a killed run keeps: once a second
+                save_progress(X, y, out_dir, stop)
+                saved = time.monotonic()
+        save_progress(X, y, out_dir, len(dataset))
     finally:
-        del X  # unmapped, so that the directory can be removed on failure (Windows)
-    np.save(out_dir / "y.npy", y)
+        progress.close()
+        del X, y  # unmapped, so that the directory can be removed on failure (Windows)
 
 
-def remove_what_killed_runs_left(data_dir: Path) -> None:
-    """Remove the temporary directories of pack runs killed on this machine (kill -9, a crash);
-    not those of a run still going, here or on another machine of a cluster."""
+def save_progress(X: np.memmap, y: np.memmap, out_dir: Path, done: int) -> None:
+    """The first `done` samples on disk, and out_dir/done says so."""
+    X.flush()
+    y.flush()
+    atomic_write_text(out_dir / DONE, f"{done}\n")
+
+
+def left_by_killed_runs(data_dir: Path) -> list[Path]:
+    """The temporary directories of pack runs killed on this machine (kill -9, a crash,
+    Ctrl-C); not those of a run still going, here or on another machine of a cluster."""
     if os.name == "nt":  # there, os.kill(pid, 0) would end the process rather than probe it
-        return
-    host = socket.gethostname()
+        return []
+    host, left = socket.gethostname(), []
     for tmp in data_dir.glob(f"{PACKED}.tmp-*"):
         made_by = tmp.name.removeprefix(f"{PACKED}.tmp-").rsplit("-", 2)
         if len(made_by) == 3 and made_by[0] == host and made_by[1].isdigit():
             try:
                 os.kill(int(made_by[1]), 0)  # raises if no such process
             except ProcessLookupError:
-                shutil.rmtree(tmp, ignore_errors=True)
+                left.append(tmp)
             except PermissionError:  # it runs, as another user
                 pass
+    return left
 
 
-def pack(data_dir: Path, force: bool = False) -> Path | None:
+def go_on_or_start(data_dir: Path, packing: str) -> Path:
+    """The temporary directory to pack into: a killed run's, packing from the same data with
+    the same code, taken over and gone on with; else a new one. The others killed runs left
+    are removed."""
+    prefix = f"{PACKED}.tmp-{socket.gethostname()}-{os.getpid()}-"
+    tmp = Path(tempfile.mkdtemp(dir=data_dir, prefix=prefix))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the packed data is shared like data/
+    taken = False
+    for left in left_by_killed_runs(data_dir):
+        if not taken and (left / PACKING).is_file() and (left / PACKING).read_text() == packing:
+            tmp.rmdir()
+            left.rename(tmp)  # now this run's: no other run takes it over too
+            done = sum(int(f.read_text()) for f in tmp.glob(f"*/{DONE}"))
+            print(f"going on with the pack a killed run left in {left.name}: {done} samples done")
+            taken = True
+        else:
+            shutil.rmtree(left, ignore_errors=True)
+    return tmp
+
+
+def pack(data_dir: Path, force: bool = False, num_workers: int | None = None) -> Path | None:
     """Write data_dir/packed beside it and swap it in whole; returns its path, or None when it
-    was up to date already (unless force)."""
+    was up to date already (unless force). num_workers: DataLoader workers that read the
+    samples (default: one per usable CPU)."""
     partition, labels = load_partition(data_dir)
     # Taken before reading the samples: a change made during packing shows as a stale pack.
     packed_from = fingerprint(data_dir, partition, Dataset)
@@ -104,25 +155,32 @@ def pack(data_dir: Path, force: bool = False) -> Path | None:
 
     packed, old = data_dir / PACKED, data_dir / f"{PACKED}.old"
     shutil.rmtree(old, ignore_errors=True)  # from a run stopped between the two renames below
-    remove_what_killed_runs_left(data_dir)
-    # Packed into a new temporary directory first: until the renames, the previous pack is
-    # untouched, and an interrupted run removes the temporary one.
-    prefix = f"{PACKED}.tmp-{socket.gethostname()}-{os.getpid()}-"
-    tmp = Path(tempfile.mkdtemp(dir=data_dir, prefix=prefix))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the packed data is shared like data/
+    # Packed into a temporary directory first: until the renames, the previous pack is
+    # untouched. A run that fails removes it; one killed or stopped leaves it to go on with.
+    packing = json.dumps(packed_from) + "\n"
+    tmp = go_on_or_start(data_dir, packing)
+    num_workers = usable_cpus() if num_workers is None else num_workers
+    keep = False
     try:
+        atomic_write_text(tmp / PACKING, packing)
         for split in SPLITS:
-            pack_split(datasets[split], tmp / split, first)
-        atomic_write_text(tmp / FINGERPRINT, json.dumps(packed_from) + "\n")
+            pack_split(datasets[split], tmp / split, first, num_workers)
+        for name in [PACKING, *(f"{split}/{DONE}" for split in SPLITS)]:
+            (tmp / name).unlink()
+        atomic_write_text(tmp / FINGERPRINT, packing)
         if packed.exists():
             packed.rename(old)
         tmp.rename(packed)
+    except KeyboardInterrupt:
+        keep = True  # to go on with
+        raise
     except BaseException:
         if old.exists() and not packed.exists():
             old.rename(packed)
         raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
     return packed
 
@@ -131,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="what to pack")
     p.add_argument("--force", action="store_true", help="pack even if up to date")
+    p.add_argument(
+        "--num-workers",
+        type=non_negative_int,
+        help="DataLoader workers that read the samples (default: one per usable CPU)",
+    )
     p.add_argument(
         "--format",
         choices=["packed", "stream"],
@@ -149,9 +212,12 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     try:
-        packed = pack(args.data_dir, args.force)
+        packed = pack(args.data_dir, args.force, args.num_workers)
+    except KeyboardInterrupt:
+        print("interrupted: run pack_data.py again to go on where it stopped", file=sys.stderr)
+        return 130
     except (DataError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)  # a worker's: its last line
         return 1
     if packed is None:
         print(f"{args.data_dir / PACKED} is up to date; nothing to do (--force packs anyway)")

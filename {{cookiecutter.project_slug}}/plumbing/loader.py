@@ -87,6 +87,20 @@ def make(
     return torch.utils.data.DataLoader(dataset, **(arguments | overrides))
 
 
+def in_order(
+    dataset: torch.utils.data.Dataset, batch_size: int, num_workers: int
+) -> torch.utils.data.DataLoader:
+    """dataset's batches in its order, read by num_workers worker processes (0: this one), for
+    pack_data.py: the workers read the next batches while this process writes one."""
+    num_workers = capped_workers(num_workers)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        prefetch_factor=2 if num_workers else None,
+    )
+
+
 def streamed(dataset: torch.utils.data.Dataset) -> bool:
     """Whether dataset is a split of a LitData stream (plumbing/stream.py)."""
     return type(dataset).__module__ == "plumbing.stream"

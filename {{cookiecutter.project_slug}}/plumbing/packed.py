@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from plumbing import distributed
-from plumbing.data import SPLITS, load_sample
+from plumbing.data import SPLITS, like_first, load_sample
 from plumbing.errors import DataError
 
 PACKED = "packed"  # data/packed/<split>/{X,y}.npy
@@ -85,6 +85,23 @@ class PackedDataset(torch.utils.data.Dataset):
     def collate_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """__getitems__ made the batch already: pass it through."""
         return batch
+
+
+class Numbered(torch.utils.data.Dataset):
+    """What pack_data.py reads: dataset[i] for i from start on, as (i, X, y), each checked to be
+    like first, the first training sample (ID, shape, dtype), in the DataLoader worker."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, start: int, first: tuple) -> None:
+        self.dataset, self.start, self.first = dataset, start, first
+
+    def __len__(self) -> int:
+        return len(self.dataset) - self.start
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, int]:
+        i = self.start + index
+        X, y = self.dataset[i]
+        like_first(X, self.dataset.list_IDs[i], self.first)  # a split must match the other too
+        return i, X, y
 
 
 def each(function: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,11 @@
 import argparse
 import importlib.util
+import io
 import os
 import pickle
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -219,12 +222,102 @@ def test_packed_files_hold_no_pickles(tiny_data: Path) -> None:
         np.load(path, mmap_mode="r", allow_pickle=False)  # raises if the file needs pickle
 
 
-def test_bad_pack_never_replaces_a_good_one_half_way(tiny_data: Path) -> None:
+def as_np_save_writes(dataset: torch.utils.data.Dataset) -> dict[str, bytes]:
+    """X.npy and y.npy of dataset, as np.save writes the arrays of its samples, read one by
+    one: what pack_data.py wrote before it read with DataLoader workers."""
+    X = np.stack([dataset[i][0].numpy() for i in range(len(dataset))])
+    y = np.array([dataset[i][1] for i in range(len(dataset))], dtype=np.int64)
+    files = {}
+    for name, array in (("X.npy", X), ("y.npy", y)):
+        out = io.BytesIO()
+        np.save(out, array)
+        files[name] = out.getvalue()
+    return files
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_pack_writes_each_split_as_np_save_would(tiny_data: Path, num_workers: int) -> None:
+    assert pack_data.pack(tiny_data, num_workers=num_workers) == tiny_data / PACKED
+    partition, labels = load_partition(tiny_data)
+    for name in SPLITS:
+        expected = as_np_save_writes(Dataset(partition[name], labels, tiny_data))
+        packed = tiny_data / PACKED / name
+        assert {path.name: path.read_bytes() for path in packed.iterdir()} == expected
+
+
+SLOW_PACK = """
+import sys, time
+import my_classes, pack_data
+
+read = my_classes.load_sample
+my_classes.load_sample = lambda path, ID: (time.sleep(0.01), read(path, ID))[1]
+pack_data.BATCH_BYTES = 16 * 256  # batches of 16 samples of 1x8x8 float32
+sys.exit(pack_data.main(["--data-dir", sys.argv[1], "--num-workers", "0"]))
+"""
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a killed run's directory is found by process id")
+@pytest.mark.parametrize("stop", ["kill -9", "Ctrl-C"])
+def test_a_stopped_pack_goes_on_where_it_stopped(
+    tiny_data: Path, monkeypatch: pytest.MonkeyPatch, capsys, stop: str
+) -> None:
+    """Killed, or interrupted, part way through the training split, then run again: the
+    samples already written are not read again, and the pack is as one never stopped."""
+
+    def part_way() -> int:
+        done = [int(f.read_text()) for f in tiny_data.glob(f"{PACKED}.tmp-*/train/done")]
+        return done[0] if done and 0 < done[0] < 192 else 0
+
+    command = [sys.executable, "-c", SLOW_PACK, str(tiny_data)]  # 10 ms a sample, 1 process
+    if stop == "kill -9":
+        kill_half_way(command, part_way)
+    else:
+        process = subprocess.Popen(
+            command, cwd=Path(pack_data.__file__).parent, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        while not part_way():
+            assert process.poll() is None, "it finished before it could be interrupted"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+        assert process.stderr.read() == (
+            "interrupted: run pack_data.py again to go on where it stopped\n"
+        )
+    done = part_way()
+    assert done
+
+    reads, read = [], my_classes.load_sample
+    monkeypatch.setattr(
+        my_classes, "load_sample", lambda path, ID: reads.append(ID) or read(path, ID)
+    )
+    capsys.readouterr()
+    assert pack_data.main(["--data-dir", str(tiny_data), "--num-workers", "0"]) == 0
+    assert f": {done} samples done" in capsys.readouterr().out
+    # the first sample of each split (Dataset's check), train's again (the pack's), the rest
+    assert len(reads) == 3 + (192 - done) + 64
+    partition, labels = load_partition(tiny_data)
+    for name in SPLITS:
+        expected = as_np_save_writes(Dataset(partition[name], labels, tiny_data))
+        packed = tiny_data / PACKED / name
+        assert {path.name: path.read_bytes() for path in packed.iterdir()} == expected
+    assert not list(tiny_data.glob(f"{PACKED}.tmp*"))
+    assert packed_is_stale(tiny_data, partition, Dataset) is None
+
+
+@pytest.mark.parametrize("num_workers", ["0", "2"])
+def test_bad_pack_never_replaces_a_good_one_half_way(
+    tiny_data: Path, num_workers: str, capsys
+) -> None:
     assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
     partition, _ = load_partition(tiny_data)
-    (tiny_data / f"{partition['validation'][-1]}.pt").write_bytes(b"garbage")
-    with pytest.raises(DataError, match="cannot load"):
-        pack_data.pack(tiny_data)
+    bad = tiny_data / f"{partition['validation'][-1]}.pt"
+    bad.write_bytes(b"garbage")
+    capsys.readouterr()
+    assert pack_data.main(["--data-dir", str(tiny_data), "--num-workers", num_workers]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: sample {bad.stem!r}: cannot load {bad} (")
+    assert err.count("\n") == 1
     assert not list(tiny_data.glob(f"{PACKED}.tmp*"))
     partition, labels = load_partition(tiny_data)
     validation_set = Dataset(partition["validation"], labels, tiny_data)
@@ -241,7 +334,8 @@ def test_a_pack_killed_half_way_leaves_the_previous_pack(tiny_data: Path) -> Non
     held.unlink()
     os.mkfifo(held)  # reading it blocks: the pack stops there, its train/X.npy half-written
 
-    command = [sys.executable, "pack_data.py", "--data-dir", str(tiny_data)]
+    # One process: a DataLoader worker blocked on the pipe would outlive the kill
+    command = [sys.executable, "pack_data.py", "--data-dir", str(tiny_data), "--num-workers", "0"]
     kill_half_way(command, lambda: any(tiny_data.glob(f"{PACKED}.tmp-*/train/X.npy")))
 
     assert snapshot(tiny_data / PACKED) == before
