@@ -227,6 +227,8 @@ def measure_one(args: argparse.Namespace, device: torch.device) -> int:
 
 def sweep(args: argparse.Namespace, device: torch.device) -> int:
     formats = ["files", "packed", "stream"] if args.stream else ["files", "packed"]
+    if args.stream and not (args.data_dir / "partition.json").exists():  # the stream alone
+        formats = ["stream"]
     datasets, stale = training_sets(args.data_dir, formats, args.max_samples, args.stream)
     if stale:
         print(f"packed: not measured ({stale}); `python pack_data.py` adds it")

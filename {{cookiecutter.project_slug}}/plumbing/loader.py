@@ -177,10 +177,12 @@ def data_bound_hint(
     args: argparse.Namespace, training_generator: torch.utils.data.DataLoader
 ) -> str:
     """What to try when the run waits for its batches."""
+    dataset = training_generator.dataset
+    if streamed(dataset):
+        return f"`python bench_loader.py --stream {args.data_dir}` finds faster loader settings."
     where = "" if args.data_dir == Path("data") else f" --data-dir {args.data_dir}"
     pack = ""
-    dataset = training_generator.dataset
-    if not hasattr(dataset, "collate_fn") and not streamed(dataset):  # not packed yet
+    if not hasattr(dataset, "collate_fn"):  # not packed yet
         pack = f"; `python pack_data.py{where}` packs the data for batched reads"
     return f"`python bench_loader.py{where}` finds faster loader settings{pack}."
 

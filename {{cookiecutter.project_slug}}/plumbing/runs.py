@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from plumbing import checkpoints, distributed
+from plumbing.cli import data_location
 from plumbing.data import digest
 from plumbing.errors import CheckpointError
 from plumbing.files import atomic_write_text
@@ -48,7 +49,7 @@ def start(
         say(f"{nothing}starting {args.run_dir}")
         return 1, float("-inf"), None
     data_dir = started_with(args.run_dir).get("data_dir")
-    if data_dir is not None and Path(data_dir) != args.data_dir:
+    if data_dir is not None and data_location(data_dir) != args.data_dir:  # a URL: as it is
         say(f"warning: {args.run_dir} was started with --data-dir {data_dir}; this run reads"
             f" {args.data_dir}")  # fmt: skip
     last = args.run_dir / "last.pt"

@@ -10,7 +10,8 @@ partition.json and labels.json, written last: a stream without it was not finish
 gets the same number of batches, and the loader's place goes into last.pt, so that --resume
 goes on inside an epoch. LitData is an optional extra (pip install -e ".[stream]"): only
 --data-format stream and --format stream import this module. Credentials and endpoints come
-from the usual environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ~/.aws, ...).
+from the usual environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL,
+~/.aws, ...).
 """
 
 import contextlib
@@ -175,7 +176,8 @@ def reaching(where: str | Path, missing: str = "") -> Iterator[None]:
                 raise DataError(f"{where}: {missing}") from None
         raise DataError(
             f"{where}: {reason or type(err).__name__}: check the URL, that its bucket exists,"
-            " and the credentials (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ~/.aws, ...)"
+            " and the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL,"
+            " ~/.aws, ...)"
         ) from None
 
 

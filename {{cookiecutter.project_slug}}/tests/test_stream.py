@@ -214,7 +214,9 @@ def test_training_from_object_storage_resumes_inside_an_epoch_bit_for_bit(
     assert "stopped by SIGTERM after batch 5 of epoch 2" in capsys.readouterr().err
     monkeypatch.setattr(preemption.StopSignals, "requested", requested)
     assert train(tiny_data, run_dir, *flags, "--resume") == 0
-    assert f"resuming {run_dir} after batch 5 of epoch 2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"resuming {run_dir} after batch 5 of epoch 2" in out
+    assert "was started with" not in out  # the same --data-dir, a URL
 
     whole, halves = weights(tmp_path / "runs" / "whole"), weights(run_dir)
     assert all(torch.equal(whole[k], halves[k]) for k in whole)
@@ -280,7 +282,7 @@ def test_bad_places_are_one_line_and_write_nothing(
     assert capsys.readouterr().err == (
         f'error: s3://bucket/data: Could not connect to the endpoint URL: "{closed}/bucket/data/'
         'index/index.json": check the URL, that its bucket exists, and the credentials'
-        " (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ~/.aws, ...)\n"
+        " (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ~/.aws, ...)\n"
     )
     assert not runs.exists()
 
@@ -305,8 +307,10 @@ def test_wrong_credentials_are_one_line_and_write_nothing(
         assert train(tiny_data, runs / "run-1", *flags) == 1
         err = capsys.readouterr().err
         assert err.startswith(f"error: {url}: ") and err.count("\n") == 1
-        assert "(403)" in err and err.endswith("and the credentials (AWS_ACCESS_KEY_ID,"
-                                               " AWS_ENDPOINT_URL, ~/.aws, ...)\n")  # fmt: skip
+        assert "(403)" in err and err.endswith(
+            "and the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL,"
+            " ~/.aws, ...)\n"
+        )
         assert pack_data.main(["--data-dir", str(tiny_data), "--format", "stream", "--output",
                                f"{url}-again"]) == 1  # fmt: skip
         err = capsys.readouterr().err
@@ -459,3 +463,19 @@ def test_bench_loader_measures_a_stream(
     rows = [line.split() for line in lines if line.split()[:1] == ["stream"]]
     assert {(row[1], row[3]) for row in rows} == {("0", "False"), ("1", "False"), ("2", "False")}
     assert all(float(row[6].replace(",", "")) > 0 for row in rows)
+
+    # The stream alone, with no data/ here: what training's data-bound hint suggests
+    args = argparse.Namespace(data_dir=url, shuffle=True, seed=0, prefetch_factor=2,
+                              loader_timeout=0)  # fmt: skip
+    _, (training_set, _) = stream.open_splits(args, Dataset)
+    params = {"batch_size": 16, "shuffle": True, "num_workers": 0}
+    hint = loader.data_bound_hint(
+        args, loader.make(training_set, params, args, torch.device("cpu"))
+    )
+    assert hint == f"`python bench_loader.py --stream {url}` finds faster loader settings."
+    capsys.readouterr()
+    assert bench_loader.main(["--data-dir", str(tmp_path / "nowhere"), *small]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    formats = {line.split()[0] for line in lines if line.split()[:1] in (["files"], ["stream"])}
+    assert formats == {"stream"} and lines[0].endswith("stream samples x 1 epochs, median of 1")
+    assert f"--data-format stream --batch-size 16 --data-dir {url} --num-workers" in lines[-1]
