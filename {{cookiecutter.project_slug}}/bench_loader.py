@@ -133,8 +133,8 @@ def settings(batch_size: int, device: torch.device, data_format: str) -> list[di
     """Every combination the sweep measures; worker-only options only where there are workers.
     A stream's loader (LitData's) starts its workers every epoch, and pins memory on CUDA."""
     rows = []
-    pin_memory = [False, True] if device.type == "cuda" and data_format != "stream" else [False]
-    if data_format == "stream":
+    pin_memory = [False, True] if device.type == "cuda" else [False]
+    if data_format == "stream":  # LitData's loader pins on CUDA, as training's does
         pin_memory = [device.type == "cuda"]
     for batch, workers, pin in itertools.product(
         [batch_size, 4 * batch_size], worker_counts(usable_cpus()), pin_memory

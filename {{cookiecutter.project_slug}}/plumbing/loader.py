@@ -218,9 +218,8 @@ class EpochSampler(torch.utils.data.DistributedSampler):
 
 def seed_everything(seed: int) -> None:
     """Seed torch (the CPU and every GPU), NumPy and random in this process."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    seed_reads(seed)
+    torch.manual_seed(seed)  # every GPU's generator as well
 
 
 def seed_reads(seed: int) -> None:
