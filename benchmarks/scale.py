@@ -6,10 +6,12 @@
 A default project is baked once. For each N, make_sample_data.py writes N tiny samples (shape
 (4,), so that the per-sample work, not the bytes, shows), then each step runs in a new Python,
 --repeats times, with the page cache warm, and the median is printed:
-- import torch alone: the floor every start pays;
+- import torch alone: the floor every start pays; and torch's own cost of the first optimizer
+  (its first use imports torch._dynamo: about 1.3 s and 75 MB), which any training script pays;
 - pytorch_script.py --dry-run --num-workers 0 (two batches of each split), from the files and
-  from the packed copy: the start-up overhead is its time minus the import's, and its peak
-  memory (maximum resident set) minus the import's;
+  from the packed copy: the start-up overhead is the time to its first batch minus the
+  import's, and its peak memory (maximum resident set, over the whole dry run) minus the
+  import's;
 - pack_data.py --force with one process (--num-workers 0) and with a DataLoader worker per CPU.
 Then how each grew from the smallest N to the largest.
 """
@@ -36,14 +38,41 @@ def bake(out: Path) -> Path:
     return out / "my_pytorch_project"
 
 
+# pytorch_script.py, saying on stderr when its first training batch is ready
+FIRST_BATCH = """
+import runpy, sys
+from plumbing import loader
+iterate = loader.Batches.__iter__
+def first_said(self):
+    for batch in iterate(self):
+        if not loader.said:
+            loader.said = True
+            print(MARK, file=sys.stderr, flush=True)
+        yield batch
+loader.said, loader.Batches.__iter__ = False, first_said
+sys.argv = ["pytorch_script.py", *sys.argv[1:]]
+runpy.run_path("pytorch_script.py", run_name="__main__")
+"""
+MARK = "first batch ready"
+
+
 def timed(command: list[str], cwd: Path) -> tuple[float, float]:
-    """Seconds and peak resident memory (MB) of one run of command, which must succeed."""
+    """Seconds (to the first batch, if the command says MARK on stderr; else to its end) and
+    peak resident memory (MB) of one run of command, which must succeed."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    seconds, err = None, []
+    for line in process.stderr:
+        if line.strip() == MARK and seconds is None:
+            seconds = time.perf_counter() - start
+        else:
+            err.append(line)
     _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - start
+    seconds = seconds or time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(command)} failed: {process.stderr.read().decode()}")
+        raise SystemExit(f"{' '.join(command)} failed: {''.join(err)}")
     return seconds, usage.ru_maxrss / 1024  # KB on Linux
 
 
@@ -57,12 +86,17 @@ def measure(project: Path, num_samples: int, repeats: int) -> dict[str, float]:
     python = [sys.executable]
     make = [*python, "make_sample_data.py", "--data-dir", str(data), "--shape", "4"]
     subprocess.run([*make, "--num-samples", str(num_samples)], cwd=project, check=True)
-    train = [*python, "pytorch_script.py", "--data-dir", str(data), "--device", "cpu"]
+    train = [*python, "-c", f"MARK = {MARK!r}" + FIRST_BATCH, "--data-dir", str(data)]
+    train += ["--device", "cpu"]
     train += ["--dry-run", "--num-workers", "0", "--runs-dir", str(project.parent / "runs")]
     pack = [*python, "pack_data.py", "--data-dir", str(data), "--force"]
     result = {}
     result["import s"], result["import MB"] = median_of(
         repeats, [*python, "-c", "import torch"], project
+    )
+    optimizer = "import torch; torch.optim.Adam(torch.nn.Linear(4, 2).parameters())"
+    result["optimizer s"], result["optimizer MB"] = median_of(
+        repeats, [*python, "-c", optimizer], project
     )
     timed([*train, "--data-format", "files"], project)  # the page cache warm
     result["files s"], result["files MB"] = median_of(
@@ -87,15 +121,17 @@ def main(argv: list[str] | None = None) -> int:
             f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}; median of {args.repeats};"
             " start-up and memory above a bare `import torch`"
         )
-        header = ["samples", "import", "files", "packed", "MB files", "MB packed"]
-        header += ["pack 1 proc", "pack all", "speed-up"]
-        print("{:>10} {:>7} {:>7} {:>7} {:>9} {:>9} {:>12} {:>9} {:>9}".format(*header))
+        header = ["samples", "import", "optim", "files", "packed", "MB optim", "MB files"]
+        header += ["MB packed", "pack 1 proc", "pack all", "speed-up"]
+        print("{:>10} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9} {:>12} {:>9} {:>9}".format(*header))
         rows = {}
         for n in args.sizes:
             r = rows[n] = measure(project, n, args.repeats)
             print(
-                f"{n:>10,} {r['import s']:6.2f}s {r['files s'] - r['import s']:6.2f}s"
-                f" {r['packed s'] - r['import s']:6.2f}s {r['files MB'] - r['import MB']:9.0f}"
+                f"{n:>10,} {r['import s']:6.2f}s {r['optimizer s'] - r['import s']:6.2f}s"
+                f" {r['files s'] - r['import s']:6.2f}s {r['packed s'] - r['import s']:6.2f}s"
+                f" {r['optimizer MB'] - r['import MB']:9.0f}"
+                f" {r['files MB'] - r['import MB']:9.0f}"
                 f" {r['packed MB'] - r['import MB']:9.0f} {r['pack 1 s']:11.2f}s"
                 f" {r['pack all s']:8.2f}s {r['pack 1 s'] / r['pack all s']:8.2f}x",
                 flush=True,

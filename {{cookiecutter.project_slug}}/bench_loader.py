@@ -33,7 +33,7 @@ from plumbing.data import load_partition
 from plumbing.distributed import get_device
 from plumbing.errors import ONE_LINE, DataError, one_line
 from plumbing.loader import usable_cpus
-from plumbing.packed import PACKED, PackedDataset, packed_is_stale
+from plumbing.packed import PACKED, START_CHECKS, PackedDataset, packed_is_stale
 
 
 def training_sets(
@@ -46,7 +46,8 @@ def training_sets(
     if "files" in formats or "packed" in formats:
         partition, labels = load_partition(data_dir)
         datasets["files"] = Dataset(partition["train"], labels, data_dir, augment=True)
-        stale = packed_is_stale(data_dir, partition, Dataset) if "packed" in formats else None
+        if "packed" in formats:  # as a start of training checks it (plumbing/packed.py)
+            stale = packed_is_stale(data_dir, partition, Dataset, START_CHECKS)
         if "packed" in formats and not stale:
             datasets["packed"] = PackedDataset(datasets["files"], data_dir / PACKED / "train")
         datasets = {

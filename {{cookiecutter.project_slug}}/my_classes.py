@@ -4,6 +4,7 @@
     from plumbing.data import load_partition
 
     partition, labels = load_partition("data")  # {'train': [IDs], 'validation': [IDs]}, {ID: class}
+    # (read-only, kept in arrays: list(partition["train"]) and dict(labels) make them plain)
     training_set = Dataset(partition["train"], labels, "data")
     X, y = training_set[0]
     model = build_model(tuple(X.shape), num_classes=max(labels.values()) + 1)
@@ -13,7 +14,7 @@ change here is the one they train and check.
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ class Dataset(torch.utils.data.Dataset):
     def __init__(
         self,
         list_IDs: Sequence[str],
-        labels: dict[str, int],
+        labels: Mapping[str, int],
         data_dir: str | Path = "data",
         augment: bool = False,
     ) -> None:

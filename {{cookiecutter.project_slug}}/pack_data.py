@@ -1,6 +1,7 @@
 """Pack what the project's Dataset returns for each sample into memory-mapped arrays per split.
 
     python pack_data.py              # data/packed/{train,validation}/{X,y}.npy
+    python pack_data.py --check      # is data/packed up to date? (every file compared)
     python pytorch_script.py         # then reads data/packed, and says so
     python pack_data.py --format stream --output s3://bucket/data   # LitData chunks, for
     python pytorch_script.py --data-format stream --data-dir s3://bucket/data   # streaming
@@ -9,10 +10,13 @@ Each sample is what my_classes.Dataset returns for it, but for random_augmentati
 still runs on every read, read by as many DataLoader workers as there are CPUs to use. The
 per-file data stays as it is. pytorch_script.py uses the packed copy only while data/ holds
 exactly the files it was packed from and my_classes.py makes a sample as it did then: after
-changing either, run pack_data.py again. A pack that was killed (or stopped with Ctrl-C) goes
-on where it stopped when run again on the same data.
+changing either, run pack_data.py again. A start of training compares the index, the code
+and 1,000 sample files with the pack, and the other files while it trains (stopping before
+anything is saved if one changed); `pack_data.py --check` compares them all. A pack that was
+killed (or stopped with Ctrl-C) goes on where it stopped when run again on the same data.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -33,7 +37,16 @@ from plumbing.data import SPLITS, load_partition
 from plumbing.errors import DataError, SetupError, one_line
 from plumbing.files import atomic_write_text
 from plumbing.loader import usable_cpus
-from plumbing.packed import FINGERPRINT, PACKED, Numbered, fingerprint, packed_is_stale
+from plumbing.packed import (
+    FILES,
+    FINGERPRINT,
+    PACKED,
+    Numbered,
+    changed_file,
+    file_times,
+    fingerprint,
+    packed_is_stale,
+)
 
 PACKING = "packing.json"  # in a pack still being written: the fingerprint it is packed from
 DONE = "done"  # in each split of it: how many samples are written, and on disk
@@ -113,16 +126,16 @@ def left_by_killed_runs(data_dir: Path) -> list[Path]:
     return left
 
 
-def go_on_or_start(data_dir: Path, packing: str) -> Path:
-    """The temporary directory to pack into: a killed run's, packing from the same data with
-    the same code, taken over and gone on with; else a new one. The others killed runs left
-    are removed."""
+def go_on_or_start(data_dir: Path, packing: str, times: np.ndarray) -> Path:
+    """The temporary directory to pack into: a killed run's, packing from the same data (index
+    and file times) with the same code, taken over and gone on with; else a new one. The
+    others killed runs left are removed."""
     prefix = f"{PACKED}.tmp-{socket.gethostname()}-{os.getpid()}-"
     tmp = Path(tempfile.mkdtemp(dir=data_dir, prefix=prefix))
     tmp.chmod(0o755)  # mkdtemp makes it private; the packed data is shared like data/
     taken = False
     for left in left_by_killed_runs(data_dir):
-        if not taken and (left / PACKING).is_file() and (left / PACKING).read_text() == packing:
+        if not taken and same_pack(left, packing, times):
             tmp.rmdir()
             left.rename(tmp)  # now this run's: no other run takes it over too
             done = sum(int(f.read_text()) for f in tmp.glob(f"*/{DONE}"))
@@ -133,15 +146,27 @@ def go_on_or_start(data_dir: Path, packing: str) -> Path:
     return tmp
 
 
+def same_pack(left: Path, packing: str, times: np.ndarray) -> bool:
+    """Whether left was packing from what packing and times describe."""
+    try:
+        return (left / PACKING).read_text() == packing and np.array_equal(
+            np.load(left / FILES), times
+        )
+    except (OSError, ValueError):
+        return False
+
+
 def pack(data_dir: Path, force: bool = False, num_workers: int | None = None) -> Path | None:
     """Write data_dir/packed beside it and swap it in whole; returns its path, or None when it
     was up to date already (unless force). num_workers: DataLoader workers that read the
     samples (default: one per usable CPU)."""
     partition, labels = load_partition(data_dir)
     # Taken before reading the samples: a change made during packing shows as a stale pack.
-    packed_from = fingerprint(data_dir, partition, Dataset)
-    if not force and packed_is_stale(data_dir, partition, Dataset, now=packed_from) is None:
-        return None
+    packed_from, times = fingerprint(data_dir, Dataset), file_times(data_dir, partition)
+    if not force and packed_is_stale(data_dir, partition, Dataset, checks=0) is None:
+        with contextlib.suppress(OSError, ValueError):
+            if np.array_equal(np.load(data_dir / PACKED / FILES), times):
+                return None
     # As training reads them, without random_augmentation (augment stays off)
     datasets = {split: Dataset(partition[split], labels, data_dir) for split in SPLITS}
     like, _ = datasets["train"][0]
@@ -158,11 +183,12 @@ def pack(data_dir: Path, force: bool = False, num_workers: int | None = None) ->
     # Packed into a temporary directory first: until the renames, the previous pack is
     # untouched. A run that fails removes it; one killed or stopped leaves it to go on with.
     packing = json.dumps(packed_from) + "\n"
-    tmp = go_on_or_start(data_dir, packing)
+    tmp = go_on_or_start(data_dir, packing, times)
     num_workers = usable_cpus() if num_workers is None else num_workers
     keep = False
     try:
         atomic_write_text(tmp / PACKING, packing)
+        np.save(tmp / FILES, times)
         for split in SPLITS:
             pack_split(datasets[split], tmp / split, first, num_workers)
         for name in [PACKING, *(f"{split}/{DONE}" for split in SPLITS)]:
@@ -190,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="what to pack")
     p.add_argument("--force", action="store_true", help="pack even if up to date")
     p.add_argument(
+        "--check",
+        action="store_true",
+        help="only say whether DATA_DIR/packed is up to date, from every sample file's size and"
+        " times (exit status 1 if not)",
+    )
+    p.add_argument(
         "--num-workers",
         type=non_negative_int,
         help="DataLoader workers that read the samples (default: one per usable CPU)",
@@ -210,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--format stream needs --output: a directory, or a URL (s3://bucket/data)")
         return write_stream(args.data_dir, args.output)
 
+    if args.check:
+        return check(args.data_dir)
     start = time.perf_counter()
     try:
         packed = pack(args.data_dir, args.force, args.num_workers)
@@ -227,6 +261,23 @@ def main(argv: list[str] | None = None) -> int:
         f"Packed {args.data_dir} into {packed} ({size:.0f} MB)"
         f" in {time.perf_counter() - start:.1f} s"
     )
+    return 0
+
+
+def check(data_dir: Path) -> int:
+    """Whether data_dir/packed holds what the Dataset reads from data_dir now: every file."""
+    try:
+        partition, _ = load_partition(data_dir)
+        stale = packed_is_stale(data_dir, partition, Dataset, checks=0)
+        stale = stale or changed_file(data_dir, partition)
+    except (DataError, OSError) as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return 1
+    if stale:
+        print(f"error: {stale}: run `python pack_data.py --data-dir {data_dir}`", file=sys.stderr)
+        return 1
+    listed = sum(len(IDs) for IDs in partition.values())
+    print(f"{data_dir / PACKED} is up to date: {listed} sample files, as packed")
     return 0
 
 

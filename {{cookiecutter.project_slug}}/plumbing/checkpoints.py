@@ -120,6 +120,7 @@ def save_inside_epoch(
 ) -> None:
     """Save last.pt where training stopped inside an epoch (on every rank: rank 0 writes what
     each rank has there). best.pt stays: no epoch ended."""
+    getattr(training_generator.dataset, "confirm", lambda: None)()  # as Batches does
     here = {"loss_sum": position.loss_sum.cpu(), "num_samples": position.num_samples}
     here["rng"] = rng_states()
     # LitData's loader keeps its own place (plain numbers and names); a DataLoader's is batches

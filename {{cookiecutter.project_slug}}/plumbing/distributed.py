@@ -3,10 +3,14 @@ told its rank in environment variables. Without torchrun, one process of rank 0.
 
 import argparse
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+T = TypeVar("T")
 
 
 def get_device(name: str) -> torch.device:
@@ -80,6 +84,23 @@ def from_rank_0(value: object) -> object:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def once(function: Callable[..., T], *args: object) -> T:
+    """function(*args) on rank 0 only, and its result, or its error, on every rank: work that
+    reads the data's index is done once per job, not once per rank."""
+    if not dist.is_initialized():
+        return function(*args)
+    result = None
+    if rank() == 0:
+        try:
+            result = function(*args)
+        except Exception as err:  # raised on every rank, below
+            result = err
+    result = from_rank_0(result)
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def ranks_note() -> str:

@@ -4,22 +4,28 @@ holds what the Dataset would read now."""
 
 import argparse
 import ast
+import contextlib
 import hashlib
 import inspect
+import itertools
 import json
+import os
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from plumbing import distributed
-from plumbing.data import SPLITS, like_first, load_sample
-from plumbing.errors import DataError
+from plumbing.data import SPLITS, digest, like_first, load_sample
+from plumbing.errors import DataError, one_line
 
 PACKED = "packed"  # data/packed/<split>/{X,y}.npy
 FINGERPRINT = "fingerprint.json"  # data/packed/fingerprint.json: what it was packed from
+FILES = "files.npy"  # data/packed/files.npy: the size and times of each sample file then
+START_CHECKS = 1000  # sample files a start compares with FILES; the others, while training
 
 
 class PackedDataset(torch.utils.data.Dataset):
@@ -32,8 +38,14 @@ class PackedDataset(torch.utils.data.Dataset):
     and collate_fn passes it through.
     """
 
-    def __init__(self, dataset: torch.utils.data.Dataset, split_dir: str | Path) -> None:
+    def __init__(
+        self,
+        dataset: torch.utils.data.Dataset,
+        split_dir: str | Path,
+        verification: "Verification | None" = None,
+    ) -> None:
         self.dataset, self.split_dir = dataset, Path(split_dir)
+        self.verification = verification
         # allow_pickle stays False: this file holds an array only, never code. The samples stay
         # on disk (mmap, copy-on-write so torch can wrap them; nothing writes to them).
         try:
@@ -72,6 +84,11 @@ class PackedDataset(torch.utils.data.Dataset):
         if self.augment:
             X = each(self.dataset.random_augmentation, X)
         return X, self.labels.index_select(0, rows)
+
+    def confirm(self) -> None:
+        """Once a pass over it is read: stop if the files of the pack changed (Verification)."""
+        if self.verification is not None:
+            self.verification.confirm()
 
     def __getstate__(self) -> dict:
         # Workers started with spawn (macOS, Windows) get the directory and map the file
@@ -150,38 +167,48 @@ def _is_model(node: ast.stmt, module: object) -> bool:
     return isinstance(value, type) and issubclass(value, torch.nn.Module)
 
 
-def data_fingerprint(data_dir: str | Path, partition: dict[str, list[str]]) -> str:
-    """A digest of partition.json, labels.json and the size and times of every listed sample.
-
-    Any change to a sample file changes its ctime, even a copy that keeps its modification time
-    (cp -p, rsync -a, unzip), so the digest changes too.
-    """
-    data_dir = Path(data_dir)
-    digest = hashlib.sha256()
-    for name in ("partition.json", "labels.json"):
-        digest.update((data_dir / name).read_bytes())
-    for split in SPLITS:
-        for ID in partition[split]:
-            stat = (data_dir / f"{ID}.pt").stat()
-            digest.update(f"{ID}/{stat.st_size}/{stat.st_mtime_ns}/{stat.st_ctime_ns}\n".encode())
-    return digest.hexdigest()
+def fingerprint(data_dir: Path, dataset_class: type) -> dict:
+    """What a pack was made from, but the sample files: the index (partition.json and
+    labels.json) and the code that reads a sample. Their times are in FILES."""
+    return {"index": digest(data_dir), "code": code_fingerprint(dataset_class)}
 
 
-def fingerprint(data_dir: Path, partition: dict[str, list[str]], dataset_class: type) -> dict:
-    return {
-        "data": data_fingerprint(data_dir, partition),
-        "code": code_fingerprint(dataset_class),
-    }
+def file_times(
+    data_dir: str | Path, partition: dict[str, Sequence[str]], rows: np.ndarray | None = None
+) -> np.ndarray:
+    """Size, modification and change time (ns) of each listed sample file, in the order of
+    SPLITS (or of those at rows). Any change to a file changes its ctime, even a copy that
+    keeps its modification time (cp -p, rsync -a, unzip)."""
+    if rows is None:
+        IDs = itertools.chain.from_iterable(partition[split] for split in SPLITS)
+        count = sum(len(partition[split]) for split in SPLITS)
+    else:
+        splits = [(split, len(partition[split])) for split in SPLITS]
+        IDs, count = (_listed(partition, splits, int(row)) for row in rows), len(rows)
+    times = np.empty((count, 3), dtype=np.int64)
+    for i, ID in enumerate(IDs):
+        stat = os.stat(os.path.join(data_dir, f"{ID}.pt"))
+        times[i] = stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+    return times
+
+
+def _listed(partition: dict[str, Sequence[str]], splits: list[tuple[str, int]], row: int) -> str:
+    for split, length in splits:
+        if row < length:
+            return partition[split][row]
+        row -= length
+    raise IndexError(row)
 
 
 def packed_is_stale(
     data_dir: str | Path,
-    partition: dict[str, list[str]],
+    partition: dict[str, Sequence[str]],
     dataset_class: type,
-    now: dict | None = None,
+    checks: int | None = None,
 ) -> str | None:
     """Why data_dir/packed cannot stand in for what dataset_class reads from data_dir now, or
-    None when it can. now: the fingerprint of data_dir, if the caller has it already."""
+    None when it can, as far as the index, the code and `checks` sample files drawn at random
+    (every file if None, or if there are fewer) tell; changed_file() checks every file."""
     data_dir = Path(data_dir)
     packed = data_dir / PACKED
     try:
@@ -190,31 +217,102 @@ def packed_is_stale(
         return f"no packed data in {packed}"
     except (OSError, ValueError):
         packed_from = {}
-    if now is None:
-        try:
-            now = fingerprint(data_dir, partition, dataset_class)
-        except OSError:
-            now = {}
-    if not isinstance(packed_from, dict) or packed_from.get("data") != now.get("data"):
-        return f"{packed} was packed from other files than {data_dir} holds now"
+    now = {}
+    with contextlib.suppress(OSError):
+        now = fingerprint(data_dir, dataset_class)
+    changed = f"{packed} was packed from other files than {data_dir} holds now"
+    if not isinstance(packed_from, dict) or packed_from.get("index") != now.get("index"):
+        return changed
     if packed_from.get("code") != now.get("code"):
         return (
             f"{packed} was packed by other code for reading a sample than"
             f" {dataset_class.__module__}.py has now"
         )
+    listed = sum(len(partition[split]) for split in SPLITS)
+    rows = None  # every file
+    if checks is not None and checks < listed:
+        rows = np.sort(np.random.default_rng().choice(listed, checks, replace=False))
+    try:
+        times = np.load(packed / FILES, mmap_mode="r")
+        if times.shape != (listed, 3):
+            return changed
+        now_times = file_times(data_dir, partition, rows)
+    except (OSError, ValueError):  # a sample file gone; FILES missing or damaged
+        return changed
+    return None if np.array_equal(now_times, times if rows is None else times[rows]) else changed
+
+
+def changed_file(data_dir: str | Path, partition: dict[str, Sequence[str]]) -> str | None:
+    """Why data_dir/packed is stale, naming the first sample file that is not as it was packed
+    (every file compared with FILES, a block at a time); None if none changed."""
+    data_dir = Path(data_dir)
+    times = np.load(data_dir / PACKED / FILES, mmap_mode="r")
+    stale = f"{data_dir / PACKED} was packed from other files than {data_dir} holds now"
+    start = 0
+    for split in SPLITS:
+        IDs = partition[split]
+        for block in range(0, len(IDs), 4096):
+            rows = np.arange(start + block, start + min(block + 4096, len(IDs)))
+            try:
+                now = file_times(data_dir, partition, rows)
+            except OSError as err:
+                return f"{stale} ({err.filename} is gone)"
+            differ = np.flatnonzero((now != times[rows]).any(axis=1))
+            if len(differ):
+                return f"{stale} ({data_dir / IDs[block + int(differ[0])]}.pt changed since)"
+        start += len(IDs)
     return None
 
 
+class Verification:
+    """changed_file() in a thread of rank 0, from the start of training; confirm() waits for it
+    on every rank, and stops the run if the pack is stale, before anything is saved."""
+
+    def __init__(self, data_dir: Path, partition: dict[str, Sequence[str]]) -> None:
+        self.data_dir, self.stale, self.confirmed = data_dir, None, False
+        self.thread = None
+        if distributed.rank() == 0:
+            self.thread = threading.Thread(
+                target=self._check, args=(partition,), name="check-packed", daemon=True
+            )
+            self.thread.start()
+
+    def _check(self, partition: dict[str, Sequence[str]]) -> None:
+        try:
+            self.stale = changed_file(self.data_dir, partition)
+        except Exception as err:  # the check must say why it could not be done
+            self.stale = f"{self.data_dir / PACKED} could not be checked ({one_line(err)})"
+
+    def confirm(self) -> None:
+        if self.confirmed:
+            return
+        if self.thread is not None:
+            self.thread.join()
+        stale = distributed.from_rank_0(self.stale)
+        self.confirmed = True
+        if stale:
+            raise DataError(
+                f"{stale}: run `python pack_data.py --data-dir {self.data_dir}`, or train from"
+                " the files with --data-format files"
+            )
+
+
 def choose(
-    args: argparse.Namespace, partition: dict[str, list[str]], *datasets: torch.utils.data.Dataset
+    args: argparse.Namespace,
+    partition: dict[str, Sequence[str]],
+    *datasets: torch.utils.data.Dataset,
 ) -> tuple[torch.utils.data.Dataset, ...]:
     """The datasets, read from the files or from their packed copy: as --data-format asks, or
-    for 'auto', packed while the copy is current. Says which, in one line (rank 0)."""
+    for 'auto', packed while the copy is current. Says which, in one line (rank 0).
+
+    Whether it is current is checked on rank 0, from the index, the code and START_CHECKS
+    sample files at start; the other files in a thread while training, which stops before
+    the first checkpoint if one of them changed (PackedDataset.confirm)."""
     data_format, data_dir, say = args.data_format, args.data_dir, distributed.say
     if data_format == "files":
         say(f"data: {data_dir}/<ID>.pt")
         return datasets
-    stale = packed_is_stale(data_dir, partition, type(datasets[0]))
+    stale = distributed.once(packed_is_stale, data_dir, partition, type(datasets[0]), START_CHECKS)
     if stale and data_format == "auto":
         hint = "" if stale.startswith("no packed") else "; `python pack_data.py` updates it"
         say(f"data: {data_dir}/<ID>.pt ({stale}{hint})")
@@ -225,7 +323,9 @@ def choose(
             " with --data-format files"
         )
     say(f"data: {data_dir / PACKED}" + (" (up to date)" if data_format == "auto" else ""))
+    listed = sum(len(partition[split]) for split in SPLITS)
+    verification = Verification(data_dir, partition) if listed > START_CHECKS else None
     return tuple(
-        PackedDataset(dataset, data_dir / PACKED / split)
+        PackedDataset(dataset, data_dir / PACKED / split, verification)
         for dataset, split in zip(datasets, SPLITS, strict=True)
     )

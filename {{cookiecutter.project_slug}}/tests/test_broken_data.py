@@ -26,6 +26,14 @@ from plumbing.loader import CAN_TIME_READS
 Case = Callable[[Path, dict[str, list[str]], dict[str, int]], str]
 
 
+def as_written(data_dir: Path) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """partition.json and labels.json as plain dicts, to change and write back."""
+    return tuple(  # type: ignore[return-value]
+        json.loads((data_dir / name).read_text(encoding="utf-8"))
+        for name in ("partition.json", "labels.json")
+    )
+
+
 def write_json(data_dir: Path, name: str, obj: object) -> None:
     (data_dir / name).write_text(json.dumps(obj), encoding="utf-8")
 
@@ -170,6 +178,9 @@ CASES = {
     "label a string": bad_labels(relabel(first_train, "3"), "the label of '{train[0]}' is '3'"),
     "label a float": bad_labels(relabel(first_train, 1.5), "the label of '{train[0]}' is 1.5"),
     "label a boolean": bad_labels(relabel(first_train, True), "the label of '{train[0]}' is True"),
+    "label 2**64": bad_labels(
+        relabel(first_train, 2**64), "the label of '{train[0]}' is 18446744073709551616; labels"
+    ),
     # A label typed wrong: a model of a million (or 10^12) classes would train, or fail to
     # allocate, saying nothing of the label.
     "label 2**20": bad_labels(
@@ -192,7 +203,7 @@ def test_broken_data_is_named_and_left_as_it_was(
     earlier = tmp_path / "runs" / "run-1"  # an earlier run's directory
     earlier.mkdir(parents=True)
     (earlier / "metrics.csv").write_text("epoch,train_loss,val_loss,val_accuracy\n1,2,2,0.5\n")
-    message = case(tiny_data, *load_partition(tiny_data))
+    message = case(tiny_data, *as_written(tiny_data))
     before = snapshot(tiny_data), snapshot(tmp_path)
 
     assert train(tiny_data, tmp_path / "runs" / "run-2", "--num-workers", num_workers) == 1
@@ -216,7 +227,7 @@ def test_num_classes_trains_with_classes_absent_from_the_data_and_refuses_a_labe
     assert checkpoint["num_classes"] == 6
     capsys.readouterr()
 
-    partition, labels = load_partition(tiny_data)
+    partition, labels = as_written(tiny_data)
     write_json(tiny_data, "labels.json", labels | {partition["validation"][1]: 9})
     assert train(tiny_data, tmp_path / "runs" / "r2", *flags) == 1
     err = capsys.readouterr().err
@@ -235,7 +246,7 @@ def test_data_broken_after_packing_is_named_not_read_from_the_pack(
     broken one."""
     assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
     capsys.readouterr()
-    message = missing_sample(tiny_data, *load_partition(tiny_data))
+    message = missing_sample(tiny_data, *as_written(tiny_data))
     flags = ["--num-workers", "0", "--data-format", data_format]
     assert train(tiny_data, tmp_path / "runs" / "r", *flags) == 1
     err = capsys.readouterr().err

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import pack_data
 import pytorch_script
 from conftest import snapshot, train
 from make_sample_data import make_sample_data
@@ -18,9 +19,11 @@ from plumbing.data import load_partition
 PROJECT = Path(pytorch_script.__file__).parent
 
 
-def torchrun(*args: str) -> subprocess.CompletedProcess:
+def torchrun(
+    *args: str, script: Path = PROJECT / "pytorch_script.py"
+) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    command += ["pytorch_script.py", "--device", "cpu", "--no-tensorboard", *args]
+    command += [str(script), "--device", "cpu", "--no-tensorboard", *args]
     return subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=300)
 
 
@@ -120,6 +123,61 @@ def test_one_failing_rank_fails_the_whole_job(odd_data: Path, tmp_path: Path) ->
     assert missing in result.stderr and ".pt not found" in result.stderr
     assert result.stderr.count("error (rank") == 1, "rank 0 had nothing to complain about"
     assert not (tmp_path / "runs").exists()  # no epoch finished: no run to resume
+
+
+# pytorch_script.py, with each call of the functions that read the index or stat sample files
+# counted per rank (a file per function and rank), and no sample file compared at start.
+COUNTED = """
+import os, sys
+sys.path.insert(0, PROJECT)
+from plumbing import data, packed
+packed.START_CHECKS = 0
+
+def counted(function, name):
+    def call(*args, **kwargs):
+        with open(os.path.join(LOG, name + "-" + os.environ["RANK"]), "a") as f:
+            f.write("x")
+        return function(*args, **kwargs)
+    return call
+
+data.plain_index = counted(data.plain_index, "index")
+packed.file_times = counted(packed.file_times, "stat")
+import pytorch_script
+sys.exit(pytorch_script.main())
+"""
+
+
+@pytest.mark.slow
+def test_rank_0_alone_reads_the_index_and_checks_the_pack(odd_data: Path, tmp_path: Path) -> None:
+    """Under torchrun, partition.json, labels.json and the pack's sample files are read by rank
+    0, which shares what it found; a file changed after packing stops every rank before any
+    checkpoint."""
+    assert pack_data.main(["--data-dir", str(odd_data)]) == 0
+    log = tmp_path / "calls"
+    log.mkdir()
+    script = tmp_path / "counted.py"
+    script.write_text(f"PROJECT, LOG = {str(PROJECT)!r}, {str(log)!r}\n" + COUNTED)
+    flags = ["--data-dir", str(odd_data), "--data-format", "packed", "--num-workers", "0"]
+
+    result = torchrun(
+        *flags, "--runs-dir", str(tmp_path / "runs"), "--max-epochs", "1", script=script
+    )
+    assert ended(result), result.stderr
+    assert sorted(p.name for p in log.iterdir()) == ["index-0", "stat-0"]
+
+    partition, _ = load_partition(odd_data)
+    torch.save(torch.ones(1, 8, 8), odd_data / f"{partition['train'][-1]}.pt")
+    result = torchrun(
+        *flags, "--runs-dir", str(tmp_path / "later"), "--max-epochs", "1", script=script
+    )
+    assert result.returncode != 0
+    for rank in (0, 1):
+        assert (
+            f"error (rank {rank}): {odd_data / 'packed'} was packed from other files"
+            in result.stderr
+        )
+    assert "changed since): run `python pack_data.py" in result.stderr
+    assert not (tmp_path / "later").exists()  # no checkpoint, no run directory
 
 
 def test_ranks_share_the_data_and_the_order_changes_every_epoch(

@@ -331,3 +331,24 @@ def test_ranks_and_workers_draw_apart_and_every_epoch_anew(monkeypatch: pytest.M
     monkeypatch.setenv("RANK", "0")
     loader.seed_epoch(7, 3)
     assert not torch.equal(first, torch.rand(3))
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize(("length", "ranks"), [(10, 1), (10, 3), (2, 4), (1000, 2)])
+def test_the_epoch_sampler_gives_distributed_samplers_order_from_a_tensor(
+    monkeypatch: pytest.MonkeyPatch, shuffle: bool, length: int, ranks: int
+) -> None:
+    """The same order as torch's DistributedSampler (padding, ranks, seeds, epochs), without its
+    list of Python ints; and from any sample number on, for a run resumed inside an epoch."""
+    dataset = range(length)
+    for rank in range(ranks):
+        monkeypatch.setenv("WORLD_SIZE", str(ranks))  # as torchrun sets them
+        monkeypatch.setenv("RANK", str(rank))
+        ours = loader.EpochSampler(dataset, shuffle=shuffle, seed=7)
+        torchs = torch.utils.data.DistributedSampler(dataset, ranks, rank, shuffle=shuffle, seed=7)
+        for epoch in (0, 3):
+            ours.set_epoch(epoch)
+            torchs.set_epoch(epoch)
+            assert list(ours) == list(torchs)
+            ours.set_epoch(epoch, start=1)
+            assert list(ours) == list(torchs)[1:]

@@ -74,7 +74,9 @@ def test_your_own_data_in_the_article_layout(tmp_path: Path) -> None:
     (tmp_path / "partition.json").write_text(json.dumps(partition))
     (tmp_path / "labels.json").write_text(json.dumps(labels))
 
-    assert load_partition(tmp_path) == (partition, labels)
+    read_partition, read_labels = load_partition(tmp_path)
+    assert {split: list(IDs) for split, IDs in read_partition.items()} == partition
+    assert dict(read_labels) == labels
     X, y = Dataset(partition["train"], labels, tmp_path)[1]
     assert torch.equal(X, torch.full((5, 7), 1.0, dtype=torch.float64)) and y == 1
 

@@ -25,6 +25,7 @@ from plumbing.data import SPLITS, load_partition
 from plumbing.errors import DataError
 from plumbing.loader import make
 from plumbing.packed import (
+    FILES,
     FINGERPRINT,
     PACKED,
     PackedDataset,
@@ -53,12 +54,12 @@ def test_packed_samples_are_bitwise_the_per_file_samples(tiny_data: Path) -> Non
     assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
     assert sorted(
         p.relative_to(tiny_data / PACKED).as_posix() for p in (tiny_data / PACKED).rglob("*.*")
-    ) == [FINGERPRINT, "train/X.npy", "train/y.npy", "validation/X.npy", "validation/y.npy"]
+    ) == [FILES, FINGERPRINT, "train/X.npy", "train/y.npy", "validation/X.npy", "validation/y.npy"]
     partition, _ = load_partition(tiny_data)
     for name in SPLITS:
         files, packed = split(tiny_data, name)
         assert len(packed) == len(files) == len(partition[name])
-        assert list(packed.dataset.list_IDs) == partition[name]
+        assert list(packed.dataset.list_IDs) == list(partition[name])
         for index in range(len(files)):
             X, y = files[index]
             X_packed, y_packed = packed[index]
@@ -183,6 +184,63 @@ def test_training_picks_packed_data_while_it_is_current(
     assert train(tiny_data, run_dir, "--dry-run", "--data-format", "packed") == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: {stale}: run `python pack_data.py") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("data_format", ["auto", "packed"])
+def test_a_file_changed_beyond_the_start_checks_stops_training_before_anything_is_saved(
+    tiny_data: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    data_format: str,
+) -> None:
+    """A start compares START_CHECKS files (here none); the others are compared while the
+    first epoch trains, and a changed one stops the run before its first checkpoint: an
+    earlier last.pt and metrics.csv stay byte for byte."""
+    monkeypatch.setattr(packed_module, "START_CHECKS", 0)
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    run_dir = tmp_path / "runs" / "r"
+    flags = ["--num-workers", "0", "--data-format", data_format]
+    assert train(tiny_data, run_dir, *flags, "--max-epochs", "1") == 0  # unchanged: checked, on
+    before = snapshot(run_dir)
+    capsys.readouterr()
+
+    partition, _ = load_partition(tiny_data)
+    changed = tiny_data / f"{partition['validation'][-1]}.pt"
+    torch.save(torch.ones(1, 8, 8), changed)
+    assert train(tiny_data, run_dir, *flags, "--max-epochs", "2", "--resume") == 1
+
+    out, err = capsys.readouterr()
+    assert f"data: {tiny_data / PACKED}" in out  # trusted at start, as far as it looked
+    assert err == (
+        f"error: {tiny_data / PACKED} was packed from other files than {tiny_data} holds now"
+        f" ({changed} changed since): run `python pack_data.py --data-dir {tiny_data}`, or"
+        " train from the files with --data-format files\n"
+    )
+    assert snapshot(run_dir) == before
+
+
+def test_pack_data_check_compares_every_file(
+    tiny_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert pack_data.main(["--data-dir", str(tiny_data), "--check"]) == 1
+    assert capsys.readouterr().err == (
+        f"error: no packed data in {tiny_data / PACKED}: run `python pack_data.py --data-dir"
+        f" {tiny_data}`\n"
+    )
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    capsys.readouterr()
+    assert pack_data.main(["--data-dir", str(tiny_data), "--check"]) == 0
+    assert (
+        capsys.readouterr().out
+        == f"{tiny_data / PACKED} is up to date: 256 sample files, as packed\n"
+    )
+
+    partition, _ = load_partition(tiny_data)
+    gone = tiny_data / f"{partition['train'][-1]}.pt"
+    gone.unlink()
+    assert pack_data.main(["--data-dir", str(tiny_data), "--check"]) == 1
+    assert f"holds now ({gone} is gone): run `python pack_data.py" in capsys.readouterr().err
 
 
 def test_packed_training_matches_per_file_training(tiny_data: Path, tmp_path: Path) -> None:

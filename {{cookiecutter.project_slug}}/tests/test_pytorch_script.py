@@ -97,7 +97,7 @@ def test_shuffle_decides_the_training_order_validation_is_never_shuffled(
     assert train(tiny_data, tmp_path / "runs" / "run-1", *flags) == 0
 
     loaded = loaded[3:]  # after the two first samples and the input shape
-    train_order, validation_order = partition["train"], partition["validation"]
+    train_order, validation_order = list(partition["train"]), list(partition["validation"])
     epochs = [loaded[:192], loaded[256 : 256 + 192]]
     assert all(sorted(epoch) == sorted(train_order) for epoch in epochs)
     if shuffle == "--shuffle":

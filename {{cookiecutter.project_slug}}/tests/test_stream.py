@@ -128,7 +128,7 @@ def test_a_split_listed_by_class_still_gives_batches_of_many_classes(
     lists them, by class here, each chunk (up to 48 samples), and so most batches, would hold
     one class."""
     partition, labels = load_partition(tiny_data)
-    partition["train"].sort(key=lambda ID: labels[ID])
+    partition = {split: sorted(IDs, key=labels.__getitem__) for split, IDs in partition.items()}
     (tiny_data / "partition.json").write_text(json.dumps(partition))
     monkeypatch.setattr(stream, "CHUNK_BYTES", "14kB")  # 48 samples of 1x8x8
     write(tiny_data, str(tmp_path / "stream"))
