@@ -152,7 +152,7 @@ def same_pack(left: Path, packing: str, times: np.ndarray) -> bool:
         return (left / PACKING).read_text() == packing and np.array_equal(
             np.load(left / FILES), times
         )
-    except (OSError, ValueError):
+    except (OSError, ValueError, EOFError):
         return False
 
 
@@ -187,8 +187,10 @@ def pack(data_dir: Path, force: bool = False, num_workers: int | None = None) ->
     num_workers = usable_cpus() if num_workers is None else num_workers
     keep = False
     try:
+        # FILES whole before PACKING, which says the pack can be gone on with
+        np.save(tmp / "files.tmp.npy", times)
+        os.replace(tmp / "files.tmp.npy", tmp / FILES)
         atomic_write_text(tmp / PACKING, packing)
-        np.save(tmp / FILES, times)
         for split in SPLITS:
             pack_split(datasets[split], tmp / split, first, num_workers)
         for name in [PACKING, *(f"{split}/{DONE}" for split in SPLITS)]:

@@ -174,9 +174,13 @@ def _read(path: Path) -> bytes:
 def _parse(path: Path, text: bytes) -> object:
     try:
         return json.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except ValueError as err:  # not UTF-8, not JSON, a number of over 4,300 digits
         raise DataError(f"{path}: not valid JSON ({err})") from None
 
 
 def _is_plain_name(ID: str) -> bool:
+    try:
+        ID.encode("utf-8")  # a lone surrogate (\ud800 in JSON) is a str, but no file name
+    except UnicodeEncodeError:
+        return False
     return ID not in ("", ".", "..") and "/" not in ID and "\\" not in ID and "\0" not in ID

@@ -95,10 +95,10 @@ def once(function: Callable[..., T], *args: object) -> T:
     if rank() == 0:
         try:
             result = function(*args)
-        except Exception as err:  # raised on every rank, below
+        except BaseException as err:  # raised on every rank, below (Ctrl-C, a time-out too)
             result = err
     result = from_rank_0(result)
-    if isinstance(result, Exception):
+    if isinstance(result, BaseException):
         raise result
     return result
 

@@ -244,23 +244,27 @@ def packed_is_stale(
 
 def changed_file(data_dir: str | Path, partition: dict[str, Sequence[str]]) -> str | None:
     """Why data_dir/packed is stale, naming the first sample file that is not as it was packed
-    (every file compared with FILES, a block at a time); None if none changed."""
+    (every file compared with FILES, read a block at a time, not mapped: a million files'
+    times would stay in memory); None if none changed."""
     data_dir = Path(data_dir)
-    times = np.load(data_dir / PACKED / FILES, mmap_mode="r")
     stale = f"{data_dir / PACKED} was packed from other files than {data_dir} holds now"
     start = 0
-    for split in SPLITS:
-        IDs = partition[split]
-        for block in range(0, len(IDs), 4096):
-            rows = np.arange(start + block, start + min(block + 4096, len(IDs)))
-            try:
-                now = file_times(data_dir, partition, rows)
-            except OSError as err:
-                return f"{stale} ({err.filename} is gone)"
-            differ = np.flatnonzero((now != times[rows]).any(axis=1))
-            if len(differ):
-                return f"{stale} ({data_dir / IDs[block + int(differ[0])]}.pt changed since)"
-        start += len(IDs)
+    with open(data_dir / PACKED / FILES, "rb") as f:
+        np.lib.format.read_magic(f)  # np.save wrote it: version 1.0
+        np.lib.format.read_array_header_1_0(f)
+        for split in SPLITS:
+            IDs = partition[split]
+            for block in range(0, len(IDs), 4096):
+                rows = np.arange(start + block, start + min(block + 4096, len(IDs)))
+                then = np.fromfile(f, dtype=np.int64, count=3 * len(rows)).reshape(-1, 3)
+                try:
+                    now = file_times(data_dir, partition, rows)
+                except OSError as err:
+                    return f"{stale} ({err.filename} is gone)"
+                differ = np.flatnonzero((now != then).any(axis=1))
+                if len(differ):
+                    return f"{stale} ({data_dir / IDs[block + int(differ[0])]}.pt changed since)"
+            start += len(IDs)
     return None
 
 
@@ -286,8 +290,10 @@ class Verification:
     def confirm(self) -> None:
         if self.confirmed:
             return
-        if self.thread is not None:
-            self.thread.join()
+        # The other ranks wait in a collective meanwhile: a minute at a time, well within its
+        # time-out, however slow the file system.
+        while not distributed.from_rank_0(self.thread is None or not self.thread.is_alive()):
+            self.thread.join(timeout=60)
         stale = distributed.from_rank_0(self.stale)
         self.confirmed = True
         if stale:

@@ -109,6 +109,7 @@ UNUSUAL_PARTITIONS = {
     "unclosed": '{"train": ["c"], "validation": ["d"]',
     "odd quotes": '{"train": ["c"], "validation": ["d]}',
     "list": '[["c"], ["d"]]',
+    "lone surrogate": '{"train": ["\\ud800", "c"], "validation": ["d"]}',
 }
 UNUSUAL_LABELS = {
     "escaped key": '{"c": 1, "d": 2, "\\u0065": 3}',
@@ -130,6 +131,7 @@ UNUSUAL_LABELS = {
     "trailing comma": '{"c": 1, "d": 2,}',
     "form feed": '{"c": 1,\f"d": 2}',
     "nested": '{"c": 1, "d": {"e": 2}}',
+    "4,301 digits": '{"c": 1, "d": 2, "e": 1' + "0" * 4300 + "}",
 }
 
 

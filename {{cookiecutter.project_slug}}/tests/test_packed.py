@@ -417,6 +417,25 @@ def test_a_pack_leaves_the_work_of_runs_still_going_alone(tiny_data: Path) -> No
     assert running.exists() and elsewhere.exists()
 
 
+@pytest.mark.skipif(os.name == "nt", reason="a killed run's directory is found by process id")
+def test_a_killed_pack_with_an_empty_files_list_is_started_over(tiny_data: Path) -> None:
+    """Killed as it began to write files.npy: not gone on with, and removed."""
+    import socket
+
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    ended = subprocess.Popen([sys.executable, "-c", ""])
+    ended.wait()
+    left = tiny_data / f"{PACKED}.tmp-{socket.gethostname()}-{ended.pid}-abc123"
+    left.mkdir()
+    shutil.copy(tiny_data / PACKED / FINGERPRINT, left / pack_data.PACKING)
+    (left / FILES).touch()
+    assert pack_data.main(["--data-dir", str(tiny_data), "--force"]) == 0
+    assert (
+        not left.exists()
+        and packed_is_stale(tiny_data, load_partition(tiny_data)[0], Dataset) is None
+    )
+
+
 def test_a_pack_of_another_length_than_its_split_is_refused(tiny_data: Path) -> None:
     assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
     partition, labels = load_partition(tiny_data)
