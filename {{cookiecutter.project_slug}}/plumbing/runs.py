@@ -28,7 +28,8 @@ def start(
     last.pt; returns the first epoch to train, the best score so far, and where training
     stopped inside that epoch, if it did (a signal)."""
     if not hasattr(args, "data_digest"):  # set by a stream, whose index is not a local file
-        args.data_digest = digest(args.data_dir)  # checkpoints say which data they were saved on
+        # checkpoints say which data they were saved on (read by rank 0, as the index is)
+        args.data_digest = distributed.once(digest, args.data_dir)
     if args.dry_run:
         args.run_dir = None
         return 1, float("-inf"), None
