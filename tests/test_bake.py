@@ -37,6 +37,7 @@ ARTICLE_LAYOUT = {
     "plumbing/distributed.py",
     "plumbing/errors.py",
     "plumbing/files.py",
+    "plumbing/index.py",
     "plumbing/loader.py",
     "plumbing/metrics.py",
     "plumbing/packed.py",
@@ -58,6 +59,7 @@ ARTICLE_LAYOUT = {
     "tests/test_change_where.py",
     "tests/test_preemption.py",
     "tests/test_stream.py",
+    "tests/test_index.py",
 }
 
 

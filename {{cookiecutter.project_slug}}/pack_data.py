@@ -35,7 +35,7 @@ from plumbing import loader
 from plumbing.cli import non_negative_int, parser
 from plumbing.data import SPLITS, load_partition
 from plumbing.errors import DataError, SetupError, one_line
-from plumbing.files import atomic_write_text
+from plumbing.files import atomic_write, atomic_write_text
 from plumbing.loader import usable_cpus
 from plumbing.packed import (
     FILES,
@@ -54,12 +54,17 @@ BATCH_BYTES = 2**22  # read in batches of about 4 MB: cheap to hand over, small 
 
 
 def pack_split(
-    dataset: Dataset, out_dir: Path, first: tuple[str, torch.Size, torch.dtype], num_workers: int
+    dataset: Dataset,
+    out_dir: Path,
+    first: tuple[str, torch.Size, torch.dtype],
+    num_workers: int,
+    nonfinite: list[str],
 ) -> None:
     """Write dataset[i] of every sample, as training reads it but for random_augmentation, to
     out_dir/X.npy and out_dir/y.npy in order, read in batches by num_workers DataLoader
     workers; each must be like `first`, the first training sample (ID, shape, dtype). Goes on
-    after the samples out_dir/done counts, if a killed run left it."""
+    after the samples out_dir/done counts, if a killed run left it. The IDs of samples with
+    NaN or infinite values are added to nonfinite."""
     _, shape, dtype = first
     try:
         np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
@@ -91,6 +96,9 @@ def pack_split(
         for rows, samples, labels in batches:
             start, stop = int(rows[0]), int(rows[-1]) + 1
             X[start:stop], y[start:stop] = samples.numpy(), labels.numpy()
+            if samples.is_floating_point():
+                finite = torch.isfinite(samples.flatten(1)).all(1)
+                nonfinite += [dataset.list_IDs[int(row)] for row in rows[~finite]]
             progress.update(stop - start)
             if time.monotonic() - saved > 1:  # what a killed run keeps: once a second
                 save_progress(X, y, out_dir, stop)
@@ -156,10 +164,16 @@ def same_pack(left: Path, packing: str, times: np.ndarray) -> bool:
         return False
 
 
-def pack(data_dir: Path, force: bool = False, num_workers: int | None = None) -> Path | None:
+def pack(
+    data_dir: Path,
+    force: bool = False,
+    num_workers: int | None = None,
+    allow_nonfinite: bool = False,
+) -> Path | None:
     """Write data_dir/packed beside it and swap it in whole; returns its path, or None when it
     was up to date already (unless force). num_workers: DataLoader workers that read the
-    samples (default: one per usable CPU)."""
+    samples (default: one per usable CPU). Samples with NaN or infinite values are refused,
+    naming them, unless allow_nonfinite."""
     partition, labels = load_partition(data_dir)
     # Taken before reading the samples: a change made during packing shows as a stale pack.
     packed_from, times = fingerprint(data_dir, Dataset), file_times(data_dir, partition)
@@ -188,11 +202,18 @@ def pack(data_dir: Path, force: bool = False, num_workers: int | None = None) ->
     keep = False
     try:
         # FILES whole before PACKING, which says the pack can be gone on with
-        np.save(tmp / "files.tmp.npy", times)
-        os.replace(tmp / "files.tmp.npy", tmp / FILES)
+        atomic_write(tmp / FILES, lambda f: np.save(f, times))
         atomic_write_text(tmp / PACKING, packing)
+        nonfinite: list[str] = []
         for split in SPLITS:
-            pack_split(datasets[split], tmp / split, first, num_workers)
+            pack_split(datasets[split], tmp / split, first, num_workers, nonfinite)
+        if nonfinite and not allow_nonfinite:  # the previous pack stays
+            names = ", ".join(repr(ID) for ID in nonfinite[:5])
+            more = f" and {len(nonfinite) - 5} more" if len(nonfinite) > 5 else ""
+            raise DataError(
+                f"{len(nonfinite)} samples hold NaN or infinite values ({names}{more}): fix or"
+                " remove them, or pack them anyway with --allow-nonfinite"
+            )
         for name in [PACKING, *(f"{split}/{DONE}" for split in SPLITS)]:
             (tmp / name).unlink()
         atomic_write_text(tmp / FINGERPRINT, packing)
@@ -217,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="what to pack")
     p.add_argument("--force", action="store_true", help="pack even if up to date")
+    p.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="pack samples with NaN or infinite values too (refused, and named, otherwise)",
+    )
     p.add_argument(
         "--check",
         action="store_true",
@@ -248,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         return check(args.data_dir)
     start = time.perf_counter()
     try:
-        packed = pack(args.data_dir, args.force, args.num_workers)
+        packed = pack(args.data_dir, args.force, args.num_workers, args.allow_nonfinite)
     except KeyboardInterrupt:
         print("interrupted: run pack_data.py again to go on where it stopped", file=sys.stderr)
         return 130

@@ -160,6 +160,7 @@ def train(
         loss_sum, num_samples, done = inside.loss_sum.to(device), inside.num_samples, inside.batches
     desc = f"epoch {epoch}/{args.max_epochs}" if distributed.rank() == 0 else None
     batches = loader.Batches(training_generator, args.loader_timeout, max_batches(args), desc)
+    nonfinite = metrics.Watch(training_generator, epoch)  # a NaN or infinite loss stops the run
     for local_batch, local_labels in batches:
         # Transfer to GPU, as float32 (the model's dtype: uint8 or float64 samples work as saved)
         local_batch, local_labels = to_device(local_batch, local_labels, device)
@@ -177,10 +178,13 @@ def train(
         loss_sum += loss.detach().float() * len(local_labels)
         num_samples += len(local_labels)
         done += 1
+        nonfinite.note(loss_sum, done, args)  # on the device, no wait: read every 100 batches
         if stop.requested():  # a signal: stop here, on every rank
+            nonfinite.check(args)  # (a NaN is not saved)
             where = checkpoints.Position(epoch, done, loss_sum, num_samples)
             raise preemption.Stopped(stop.name, epoch, where)
     loss_sum, num_samples = distributed.all_sum([loss_sum.item(), num_samples], device)
+    nonfinite.check(args)
     return loss_sum / num_samples, batches.data_wait
 
 

@@ -71,14 +71,10 @@ def _load_partition(data_dir: Path) -> tuple[dict[str, StringArray], Labels]:
     index = plain_index(data_dir, SPLITS)
     if index is not None:
         return index
-    partition_json = _read(data_dir / "partition.json")
-    labels_json = _read(data_dir / "labels.json")
     # Not in the plain form the project's tools write, or wrong: read whole, and say what
     # is wrong.
-    partition, labels = _checked(
-        data_dir, _parse(data_dir / "partition.json", partition_json),
-        _parse(data_dir / "labels.json", labels_json),
-    )  # fmt: skip
+    partition, labels = (_parse(data_dir / name) for name in ("partition.json", "labels.json"))
+    partition, labels = _checked(data_dir, partition, labels)
     partition = {split: StringArray(partition[split]) for split in SPLITS}
     classes = {split: labels_of(partition[split], labels) for split in SPLITS}
     return partition, Labels(partition, classes)
@@ -160,20 +156,15 @@ def digest(data_dir: str | Path) -> str:
     return sha.hexdigest()[:16]
 
 
-def _read(path: Path) -> bytes:
+def _parse(path: Path) -> object:
     try:
-        return path.read_bytes()
+        return json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         where = "" if path.is_absolute() else f" (from {Path.cwd()})"
         raise DataError(
             f"{path} not found{where}: pass --data-dir, run `python make_sample_data.py` for"
             " sample data, or put your own data in the article's layout (see README.md)"
         ) from None
-
-
-def _parse(path: Path, text: bytes) -> object:
-    try:
-        return json.loads(text.decode("utf-8"))
     except ValueError as err:  # not UTF-8, not JSON, a number of over 4,300 digits
         raise DataError(f"{path}: not valid JSON ({err})") from None
 

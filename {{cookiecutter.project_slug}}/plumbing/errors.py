@@ -70,6 +70,7 @@ def exit_status(run: Callable[[argparse.Namespace], None], args: argparse.Namesp
     traceback, which helps more."""
     from plumbing import distributed
     from plumbing.loader import LoaderTimeout, loader_failure
+    from plumbing.metrics import NonFiniteLoss
     from plumbing.preemption import RESUMABLE, Stopped
 
     try:
@@ -81,7 +82,8 @@ def exit_status(run: Callable[[argparse.Namespace], None], args: argparse.Namesp
                 for directory in (run_dir, run_dir.parent):
                     with contextlib.suppress(OSError):  # not empty: it stays
                         directory.rmdir()
-    except (*ONE_LINE, OSError, RuntimeError, LoaderTimeout, KeyboardInterrupt, Stopped) as err:
+    except (*ONE_LINE, OSError, RuntimeError, LoaderTimeout, KeyboardInterrupt, Stopped,
+            NonFiniteLoss) as err:  # fmt: skip
         message = loader_failure(err, args)
         if isinstance(err, RuntimeError) and message is None:
             raise
@@ -92,6 +94,10 @@ def exit_status(run: Callable[[argparse.Namespace], None], args: argparse.Namesp
             if distributed.rank() == 0:
                 print(err.where(getattr(args, "run_dir", None)), file=sys.stderr)
             return RESUMABLE
+        if isinstance(err, NonFiniteLoss):  # every rank found it: one line, rank 0's
+            if distributed.rank() == 0:
+                print(f"error: {err}", file=sys.stderr)
+            return 1
         who = f" (rank {os.environ['RANK']})" if "RANK" in os.environ else ""
         if isinstance(err, KeyboardInterrupt):
             run_dir = getattr(args, "run_dir", None)

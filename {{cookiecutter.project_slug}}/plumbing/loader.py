@@ -213,6 +213,11 @@ class EpochSampler(torch.utils.data.DistributedSampler):
     def __iter__(self) -> Iterator[int]:
         """DistributedSampler's order, from a tensor rather than a list of Python ints (35 MB
         a million samples)."""
+        for block in self.order()[self.start :].split(4096):
+            yield from block.tolist()
+
+    def order(self, rank: int | None = None) -> torch.Tensor:
+        """The sample numbers of this epoch that rank (default: this one) reads, in order."""
         if self.shuffle:
             generator = torch.Generator()
             generator.manual_seed(self.seed + self.epoch)
@@ -223,9 +228,8 @@ class EpochSampler(torch.utils.data.DistributedSampler):
             indices = indices[: self.total_size]
         else:  # repeated from the start to make it evenly divisible, as DistributedSampler
             indices = indices.repeat(math.ceil(self.total_size / len(indices)))[: self.total_size]
-        indices = indices[self.rank : self.total_size : self.num_replicas][self.start :]
-        for block in indices.split(4096):
-            yield from block.tolist()
+        rank = self.rank if rank is None else rank
+        return indices[rank : self.total_size : self.num_replicas]
 
     def __len__(self) -> int:
         return max(super().__len__() - self.start, 0)  # 0: stopped after the epoch's last batch

@@ -1,5 +1,12 @@
 """What a run reports each epoch: one line on the screen, a row of runs/<name>/metrics.csv, and
-TensorBoard scalars beside it. The columns are named here and nowhere else."""
+TensorBoard scalars beside it. The columns are named here and nowhere else.
+
+And a training loss that became NaN or infinite (Watch): noted on the device at every step,
+without waiting for it, looked at every CHECK_EVERY batches and at the end of the epoch (where
+the loss comes to the CPU anyway), and reported in one line with the batch and the samples to
+blame, before anything is saved: last.pt and best.pt stay the last good ones. (Under --amp on
+CUDA, the steps GradScaler skips are those whose scaled gradients overflow; the loss itself
+stays finite there, so they are not reported.)"""
 
 import argparse
 import csv
@@ -8,6 +15,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
+from plumbing import distributed
 from plumbing.distributed import rank
 from plumbing.errors import SetupError
 from plumbing.files import atomic_write_text
@@ -155,3 +165,66 @@ def read(path: Path) -> dict[str, list[float]]:
     if not metrics["epoch"]:
         raise MetricsError(f"{path}: no epoch finished yet, nothing to plot")
     return metrics
+
+
+CHECK_EVERY = 100  # batches: one wait for the GPU per hundred steps, not per step
+
+
+class NonFiniteLoss(Exception):
+    """The training loss is NaN or infinite. Every rank raises it; rank 0 alone says it."""
+
+
+class Watch:
+    """Where this rank's training loss first stopped being finite in an epoch, on the device."""
+
+    def __init__(self, training_generator: torch.utils.data.DataLoader, epoch: int) -> None:
+        self.generator, self.epoch = training_generator, epoch
+        self.first_bad: torch.Tensor | None = None  # the number of the batch, from 1
+
+    def note(self, loss_sum: torch.Tensor, batch: int, args: argparse.Namespace) -> None:
+        """After batch (its number in the epoch, from 1) added its loss to loss_sum."""
+        if self.first_bad is None:
+            self.first_bad = torch.zeros((), dtype=torch.long, device=loss_sum.device)
+        bad = (self.first_bad == 0) & ~torch.isfinite(loss_sum)
+        self.first_bad = torch.where(bad, batch, self.first_bad)
+        if batch % CHECK_EVERY == 0:
+            self.check(args)
+
+    def check(self, args: argparse.Namespace) -> None:
+        """Raise NonFiniteLoss, on every rank, if the loss of any rank stopped being finite."""
+        mine = int(self.first_bad) if self.first_bad is not None else 0
+        firsts = [float(mine) if rank == distributed.rank() else 0.0 for rank in range(ranks())]
+        firsts = distributed.all_sum(firsts, args.device)  # each rank's, on every rank
+        bad = [(int(batch), rank) for rank, batch in enumerate(firsts) if batch]
+        if bad:
+            batch, rank = min(bad)
+            raise NonFiniteLoss(self.blame(batch, rank, args))
+
+    def blame(self, batch: int, rank: int, args: argparse.Namespace) -> str:
+        """The one line: where, and which samples of that batch hold NaN or infinite values."""
+        where = f"the training loss became NaN or infinite in epoch {self.epoch}, batch {batch}"
+        where += f" (rank {rank})" if ranks() > 1 else ""
+        dataset, sampler = self.generator.dataset, self.generator.sampler
+        order = getattr(sampler, "order", None)
+        IDs = getattr(getattr(dataset, "dataset", dataset), "list_IDs", None)
+        if order is None or IDs is None:  # a stream: its samples have no IDs to name
+            return f"{where}: check the data for NaN or infinite values, or lower --lr"
+        size = self.generator.batch_size
+        rows = order(rank)[(batch - 1) * size : batch * size].tolist()
+        broken = [IDs[i] for i in rows if not torch.isfinite(dataset[i][0]).all()]
+        if broken:
+            names = ", ".join(repr(ID) for ID in broken[:5])
+            more = f" and {len(broken) - 5} more" if len(broken) > 5 else ""
+            return (
+                f"{where}: {len(broken)} of its samples hold NaN or infinite values"
+                f" ({names}{more}); fix or remove them (`python pack_data.py` names every such"
+                " sample)"
+            )
+        return (
+            f"{where}, whose samples are all finite: the model diverged; lower --lr"
+            f" (now {args.lr:g})"
+        )
+
+
+def ranks() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1

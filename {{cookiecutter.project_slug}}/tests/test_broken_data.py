@@ -3,6 +3,7 @@ one line naming the file or ID and what to do, exit status 1, and the data left 
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -203,6 +204,7 @@ def test_broken_data_is_named_and_left_as_it_was(
     earlier = tmp_path / "runs" / "run-1"  # an earlier run's directory
     earlier.mkdir(parents=True)
     (earlier / "metrics.csv").write_text("epoch,train_loss,val_loss,val_accuracy\n1,2,2,0.5\n")
+    torch.save({"model": {}}, earlier / "last.pt")  # stays byte for byte, as the metrics
     message = case(tiny_data, *as_written(tiny_data))
     before = snapshot(tiny_data), snapshot(tmp_path)
 
@@ -340,3 +342,66 @@ def test_too_little_shared_memory_says_what_to_do(tmp_path: Path) -> None:
     )
     # As it says: without workers, the same run needs no shared memory.
     assert without.returncode == 0, without.stderr
+
+
+def with_nan(data_dir: Path, IDs: list[str]) -> None:
+    """One NaN in each of these samples, as a sensor or a preprocessing bug leaves them."""
+    for ID in IDs:
+        X = torch.load(data_dir / f"{ID}.pt", weights_only=True)
+        X[0, 0, 0] = float("nan")
+        torch.save(X, data_dir / f"{ID}.pt")
+
+
+@pytest.mark.parametrize("num_workers", ["0", "2"])
+def test_nan_samples_stop_the_run_naming_them_and_keep_the_last_good_checkpoint(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], num_workers: str
+) -> None:
+    run_dir = tmp_path / "runs" / "r"
+    flags = ["--num-workers", num_workers]
+    assert train(tiny_data, run_dir, *flags, "--max-epochs", "1") == 0
+    before = snapshot(run_dir)  # last.pt, best.pt, metrics.csv of epoch 1
+    capsys.readouterr()
+    partition, _ = as_written(tiny_data)
+    nan = partition["train"][5:10]
+    with_nan(tiny_data, nan)
+
+    assert train(tiny_data, run_dir, *flags, "--max-epochs", "2", "--resume") == 1
+
+    err = capsys.readouterr().err
+    assert err.startswith("error: the training loss became NaN or infinite in epoch 2, batch ")
+    assert " of its samples hold NaN or infinite values ('id-" in err and err.count("\n") == 1
+    named = re.findall(r"'(id-\d+)'", err)
+    assert named and set(named) <= set(nan), err  # the batch's samples with NaN, and no other
+    assert snapshot(run_dir) == before
+
+
+def test_a_diverging_learning_rate_stops_the_run_and_saves_nothing(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert train(tiny_data, tmp_path / "runs" / "r", "--num-workers", "0", "--lr", "1e30") == 1
+    err = capsys.readouterr().err
+    assert re.fullmatch(
+        r"error: the training loss became NaN or infinite in epoch 1, batch \d+, whose samples"
+        r" are all finite: the model diverged; lower --lr \(now 1e\+30\)\n",
+        err,
+    ), err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_pack_data_names_samples_with_nan_and_packs_them_only_if_asked(
+    tiny_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
+    old = snapshot(tiny_data / "packed")
+    partition, _ = as_written(tiny_data)
+    nan = partition["validation"][:2] + partition["train"][:5]
+    with_nan(tiny_data, nan)
+
+    assert pack_data.main(["--data-dir", str(tiny_data)]) == 1
+    named = ", ".join(repr(ID) for ID in partition["train"][:5])
+    assert capsys.readouterr().err == (
+        f"error: 7 samples hold NaN or infinite values ({named} and 2 more): fix or remove them,"
+        " or pack them anyway with --allow-nonfinite\n"
+    )
+    assert snapshot(tiny_data / "packed") == old
+    assert pack_data.main(["--data-dir", str(tiny_data), "--allow-nonfinite"]) == 0

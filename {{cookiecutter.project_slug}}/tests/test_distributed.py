@@ -180,6 +180,24 @@ def test_rank_0_alone_reads_the_index_and_checks_the_pack(odd_data: Path, tmp_pa
     assert not (tmp_path / "later").exists()  # no checkpoint, no run directory
 
 
+@pytest.mark.slow
+def test_nan_samples_stop_every_rank_in_one_line(odd_data: Path, tmp_path: Path) -> None:
+    partition, _ = load_partition(odd_data)
+    for ID in partition["train"][:40:7]:
+        X = torch.load(odd_data / f"{ID}.pt", weights_only=True)
+        X[0, 0, 0] = float("inf")
+        torch.save(X, odd_data / f"{ID}.pt")
+    result = torchrun(
+        "--data-dir", str(odd_data), "--runs-dir", str(tmp_path / "runs"), "--num-workers", "0",
+    )  # fmt: skip
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith("error: the training loss became NaN or infinite in epoch 1,")
+    assert " of its samples hold NaN or infinite values ('id-" in errors[0]
+    assert not (tmp_path / "runs").exists()
+
+
 def test_ranks_share_the_data_and_the_order_changes_every_epoch(
     tiny_data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
