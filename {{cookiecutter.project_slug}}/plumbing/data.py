@@ -126,7 +126,11 @@ def _checked(
 def num_classes(labels: Mapping[str, int], given: int | None, data_dir: str | Path) -> int:
     """How many classes the model tells apart: given (--num-classes), else the largest label
     plus one, unless that is far more than the labels in use (a label typed wrong, 1048576 for
-    6, would make the last layer of a million classes)."""
+    6, would make the last layer of a million classes). Under torchrun, found by rank 0."""
+    return distributed.once(_num_classes, labels, given, data_dir)
+
+
+def _num_classes(labels: Mapping[str, int], given: int | None, data_dir: str | Path) -> int:
     values = list(labels.values())
     largest, where = max(values), Path(data_dir) / "labels.json"
     ID = next(itertools.islice(labels, values.index(largest), None))

@@ -10,6 +10,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from plumbing.errors import on_every_rank
+
 T = TypeVar("T")
 
 
@@ -99,7 +101,7 @@ def once(function: Callable[..., T], *args: object) -> T:
             result = err
     result = from_rank_0(result)
     if isinstance(result, BaseException):
-        raise result
+        raise on_every_rank(result)
     return result
 
 

@@ -29,6 +29,13 @@ class SetupError(Exception):
 ONE_LINE = (DataError, CheckpointError, SetupError)
 
 
+def on_every_rank(err: BaseException) -> BaseException:
+    """err, marked as raised alike by every rank under torchrun (a fact of the data they share):
+    rank 0 alone says it."""
+    err.on_every_rank = True
+    return err
+
+
 def one_line(err: BaseException) -> str:
     """The message for the user. An error raised in a DataLoader worker arrives wrapped in the
     worker's traceback, its own message on the last line."""
@@ -94,9 +101,9 @@ def exit_status(run: Callable[[argparse.Namespace], None], args: argparse.Namesp
             if distributed.rank() == 0:
                 print(err.where(getattr(args, "run_dir", None)), file=sys.stderr)
             return RESUMABLE
-        if isinstance(err, NonFiniteLoss):  # every rank found it: one line, rank 0's
-            if distributed.rank() == 0:
-                print(f"error: {err}", file=sys.stderr)
+        if getattr(err, "on_every_rank", False) and not isinstance(err, KeyboardInterrupt):
+            if distributed.rank() == 0:  # one line for all
+                print(f"error: {message or one_line(err)}", file=sys.stderr)
             return 1
         who = f" (rank {os.environ['RANK']})" if "RANK" in os.environ else ""
         if isinstance(err, KeyboardInterrupt):

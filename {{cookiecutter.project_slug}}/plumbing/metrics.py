@@ -19,7 +19,7 @@ import torch
 
 from plumbing import distributed
 from plumbing.distributed import rank
-from plumbing.errors import SetupError
+from plumbing.errors import SetupError, on_every_rank
 from plumbing.files import atomic_write_text
 from plumbing.runs import save_settings
 
@@ -171,7 +171,7 @@ CHECK_EVERY = 100  # batches: one wait for the GPU per hundred steps, not per st
 
 
 class NonFiniteLoss(Exception):
-    """The training loss is NaN or infinite. Every rank raises it; rank 0 alone says it."""
+    """The training loss is NaN or infinite (every rank raises it: on_every_rank)."""
 
 
 class Watch:
@@ -198,7 +198,7 @@ class Watch:
         bad = [(int(batch), rank) for rank, batch in enumerate(firsts) if batch]
         if bad:
             batch, rank = min(bad)
-            raise NonFiniteLoss(self.blame(batch, rank, args))
+            raise on_every_rank(NonFiniteLoss(self.blame(batch, rank, args)))
 
     def blame(self, batch: int, rank: int, args: argparse.Namespace) -> str:
         """The one line: where, and which samples of that batch hold NaN or infinite values."""

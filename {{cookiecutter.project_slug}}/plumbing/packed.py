@@ -20,7 +20,7 @@ import torch
 
 from plumbing import distributed
 from plumbing.data import SPLITS, digest, like_first, load_sample
-from plumbing.errors import DataError, one_line
+from plumbing.errors import DataError, on_every_rank, one_line
 
 PACKED = "packed"  # data/packed/<split>/{X,y}.npy
 FINGERPRINT = "fingerprint.json"  # data/packed/fingerprint.json: what it was packed from
@@ -297,9 +297,11 @@ class Verification:
         stale = distributed.from_rank_0(self.stale)
         self.confirmed = True
         if stale:
-            raise DataError(
-                f"{stale}: run `python pack_data.py --data-dir {self.data_dir}`, or train from"
-                " the files with --data-format files"
+            raise on_every_rank(
+                DataError(
+                    f"{stale}: run `python pack_data.py --data-dir {self.data_dir}`, or train"
+                    " from the files with --data-format files"
+                )
             )
 
 

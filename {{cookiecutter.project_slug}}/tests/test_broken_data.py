@@ -378,6 +378,10 @@ def test_nan_samples_stop_the_run_naming_them_and_keep_the_last_good_checkpoint(
 def test_a_diverging_learning_rate_stops_the_run_and_saves_nothing(
     tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    earlier = tmp_path / "runs" / "earlier"
+    assert train(tiny_data, earlier, "--num-workers", "0", "--max-epochs", "1") == 0
+    before = snapshot(tmp_path / "runs")
+    capsys.readouterr()
     assert train(tiny_data, tmp_path / "runs" / "r", "--num-workers", "0", "--lr", "1e30") == 1
     err = capsys.readouterr().err
     assert re.fullmatch(
@@ -385,7 +389,7 @@ def test_a_diverging_learning_rate_stops_the_run_and_saves_nothing(
         r" are all finite: the model diverged; lower --lr \(now 1e\+30\)\n",
         err,
     ), err
-    assert not (tmp_path / "runs").exists()
+    assert snapshot(tmp_path / "runs") == before  # the earlier run as it was, and no other
 
 
 def test_pack_data_names_samples_with_nan_and_packs_them_only_if_asked(
