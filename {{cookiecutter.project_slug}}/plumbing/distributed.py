@@ -55,6 +55,12 @@ def setup(device: torch.device) -> torch.device:
     return device
 
 
+def barrier() -> None:
+    """Wait for every rank here (nothing to wait for without torchrun)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

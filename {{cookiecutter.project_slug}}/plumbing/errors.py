@@ -100,6 +100,8 @@ def exit_status(run: Callable[[argparse.Namespace], None], args: argparse.Namesp
         if isinstance(err, Stopped):  # saved: rank 0 says where
             if distributed.rank() == 0:
                 print(err.where(getattr(args, "run_dir", None)), file=sys.stderr)
+            # torchrun ends the others' job when one rank exits: all exit at once, all 75
+            distributed.barrier()
             return RESUMABLE
         if getattr(err, "on_every_rank", False) and not isinstance(err, KeyboardInterrupt):
             if distributed.rank() == 0:  # one line for all
