@@ -217,8 +217,7 @@ class Watch:
             more = f" and {len(broken) - 5} more" if len(broken) > 5 else ""
             return (
                 f"{where}: {len(broken)} of its samples hold NaN or infinite values"
-                f" ({names}{more}); fix or remove them (`python pack_data.py` names every such"
-                " sample)"
+                f" ({names}{more}); fix or remove them (`python pack_data.py` counts them all)"
             )
         return (
             f"{where}, whose samples are all finite: the model diverged; lower --lr"
