@@ -319,6 +319,7 @@ class Batches:
         if self.timeout:
             batches = within(batches, self.timeout)
         total = min(len(self.generator), self.max_batches or len(self.generator))
+        getattr(self.generator.dataset, "begin", lambda: None)()  # the packed copy's check
         start = ready = None
         waited = 0.0
         # The bar appears only in a terminal, when an epoch takes more than two seconds.

@@ -85,6 +85,11 @@ class PackedDataset(torch.utils.data.Dataset):
             X = each(self.dataset.random_augmentation, X)
         return X, self.labels.index_select(0, rows)
 
+    def begin(self) -> None:
+        """As a pass over it begins: the check of every file starts (Verification)."""
+        if self.verification is not None:
+            self.verification.start()
+
     def confirm(self) -> None:
         """Once a pass over it is read: stop if the files of the pack changed (Verification)."""
         if self.verification is not None:
@@ -269,8 +274,9 @@ def changed_file(data_dir: str | Path, partition: dict[str, Sequence[str]]) -> s
 
 
 class Verification:
-    """changed_file() in a thread of rank 0, from the start of training; confirm() waits for it
-    on every rank, and stops the run if the pack is stale, before anything is saved."""
+    """changed_file() in a thread of rank 0, from the first batch on (start(): not during the
+    start-up, whose Python it would slow down); confirm() waits for it on every rank, and
+    stops the run if the pack is stale, before anything is saved."""
 
     def __init__(self, data_dir: Path, partition: dict[str, Sequence[str]]) -> None:
         self.data_dir, self.stale, self.confirmed = data_dir, None, False
@@ -279,6 +285,9 @@ class Verification:
             self.thread = threading.Thread(
                 target=self._check, args=(partition,), name="check-packed", daemon=True
             )
+
+    def start(self) -> None:
+        if self.thread is not None and self.thread.ident is None:  # not started yet
             self.thread.start()
 
     def _check(self, partition: dict[str, Sequence[str]]) -> None:
@@ -290,6 +299,7 @@ class Verification:
     def confirm(self) -> None:
         if self.confirmed:
             return
+        self.start()
         # The other ranks wait in a collective meanwhile: a minute at a time, well within its
         # time-out, however slow the file system.
         while not distributed.from_rank_0(self.thread is None or not self.thread.is_alive()):
