@@ -91,6 +91,13 @@ def check_bool(value: object) -> str | None:
     return None if isinstance(value, bool) else "must be true or false"
 
 
+TRACKERS = ("none", "mlflow", "wandb")
+
+
+def check_tracker(value: object) -> str | None:
+    return None if value in TRACKERS else f"must be one of {', '.join(TRACKERS)}"
+
+
 CHECKS = {
     "project_name": check_text,
     "project_slug": check_slug,
@@ -102,6 +109,7 @@ CHECKS = {
     "max_epochs": lambda v: check_int(v, 1),
     "sample_shape": check_shape,
     "num_classes": check_num_classes,
+    "tracker": check_tracker,
     "_cudnn_benchmark": check_bool,
     "_num_samples": lambda v: check_int(v, 2),
     "_validation_fraction": check_fraction,

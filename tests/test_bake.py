@@ -2,6 +2,7 @@
 
 import ast
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -44,6 +45,7 @@ ARTICLE_LAYOUT = {
     "plumbing/preemption.py",
     "plumbing/runs.py",
     "plumbing/stream.py",
+    "plumbing/trackers.py",
     "data/.gitkeep",
     "tests/conftest.py",
     "tests/test_my_classes.py",
@@ -60,6 +62,7 @@ ARTICLE_LAYOUT = {
     "tests/test_preemption.py",
     "tests/test_stream.py",
     "tests/test_index.py",
+    "tests/test_trackers.py",
 }
 
 
@@ -122,6 +125,8 @@ def test_defaults_make_data_pass_the_smoke_test_own_tests_and_ruff(cookies, capf
         "run_name": None,
         "resume": None,
         "tensorboard": False,
+        "tracker": "none",
+        "log_model": False,
         "amp": False,
         "dry_run": False,
         "num_samples": 1000,
@@ -146,13 +151,13 @@ COMBINATIONS = [
     ),
     pytest.param(
         {"num_workers": 1, "batch_size": 7, "max_epochs": 4, "sample_shape": "4, 16",
-         "num_classes": 2, "_num_samples": 50, "_validation_fraction": 0.5},
-        id="2d-odd-batch-1-worker",
+         "num_classes": 2, "_num_samples": 50, "_validation_fraction": 0.5, "tracker": "mlflow"},
+        id="2d-odd-batch-1-worker-mlflow",
     ),
     pytest.param(
         {"num_workers": 2, "batch_size": 32, "max_epochs": 3, "sample_shape": "1,28,28",
-         "num_classes": 10, "_num_samples": 400, "_validation_fraction": 0.1},
-        id="image-2-workers",
+         "num_classes": 10, "_num_samples": 400, "_validation_fraction": 0.1, "tracker": "wandb"},
+        id="image-2-workers-wandb",
     ),
 ]  # fmt: skip
 
@@ -176,6 +181,7 @@ def test_answers_reach_the_code_and_the_project_trains(cookies, answers: dict) -
         "num_classes": answers["num_classes"],
         "num_samples": answers["_num_samples"],
         "validation_fraction": answers["_validation_fraction"],
+        "tracker": answers.get("tracker", "none"),
     }
     baked = defaults(project)
     assert {k: baked[k] for k in expected} == expected
@@ -185,12 +191,24 @@ def test_answers_reach_the_code_and_the_project_trains(cookies, answers: dict) -
     assert len(partition["validation"]) == num_validation
     assert len(partition["train"]) == answers["_num_samples"] - num_validation
 
-    # The article's script with the answers as its defaults, as a user runs it.
-    out = run([sys.executable, "pytorch_script.py"], project).stdout
+    # The article's script with the answers as its defaults, as a user runs it; W&B offline, as
+    # for a user not logged in, its own files kept in the project.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "WANDB_"))}
+    env |= {f"WANDB_{d}_DIR": str(project / "wandb-home") for d in ("CONFIG", "CACHE", "DATA")}
+    env["NETRC"] = str(project / "no-netrc")
+    out = run([sys.executable, "pytorch_script.py"], project, env).stdout
     assert f"of shape {tuple(shape)}, {answers['num_classes']} classes" in out
-    rows = read_metrics(project / "runs" / "run-1" / "metrics.csv")
+    run_dir = project / "runs" / "run-1"
+    rows = read_metrics(run_dir / "metrics.csv")
     assert len(rows) == answers["max_epochs"]
     assert rows[-1]["val_accuracy"] > 1.5 / answers["num_classes"]  # well above chance
+    tracker = answers.get("tracker", "none")
+    assert (run_dir / "tracker.json").exists() is (tracker != "none")
+    if tracker == "mlflow":
+        assert "mlflow: logging to run" in out and (project / "runs" / "mlflow.db").exists()
+    if tracker == "wandb":
+        assert "wandb: offline, in" in out
+        assert len(list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
 
 
 AWKWARD = {

@@ -89,14 +89,16 @@ QUESTIONS = [
     "DataLoader num_workers (capped at the CPUs available when it runs)", "max_epochs",
     "Shape of one sample, comma-separated", "Number of classes",
 ]  # fmt: skip
+TRACKER_QUESTION = "Experiment tracker besides metrics.csv (--tracker; an optional extra)"
 
 
-def test_an_interactive_run_asks_ten_questions_and_checks_them_after_the_last(
+def test_an_interactive_run_asks_eleven_questions_and_checks_them_after_the_last(
     tmp_path: Path, config_file: Path
 ) -> None:
     """cookiecutter lets a template check a typed answer only once every question is answered
     (the pre-gen hook), but for a yes/no question, which it asks again at once (README)."""
-    typed = ["", "", "", "", "abc", "maybe", "y", "", "", "", ""]  # batch_size abc, shuffle maybe
+    # batch_size abc, shuffle maybe (asked again: y), the defaults, and the second tracker
+    typed = ["", "", "", "", "abc", "maybe", "y", "", "", "", "", "2"]
     command = [sys.executable, "-m", "cookiecutter", str(ROOT), "--config-file", str(config_file)]
     asked = subprocess.run(
         [*command, *NO_DATA_ARGS], input="\n".join(typed) + "\n", cwd=tmp_path,
@@ -106,9 +108,12 @@ def test_an_interactive_run_asks_ten_questions_and_checks_them_after_the_last(
 
     assert asked.returncode != 0
     prompts = re.findall(r"\[(\d+)/(\d+)\] (.+?)(?: \[y/n\])? \([^()]*\): ", asked.stdout)
-    assert list(dict.fromkeys(prompts)) == [(str(n), "10", q) for n, q in enumerate(QUESTIONS, 1)]
+    assert list(dict.fromkeys(prompts)) == [(str(n), "11", q) for n, q in enumerate(QUESTIONS, 1)]
     # shuffle=maybe: asked again there and then, before the next question
-    assert prompts[5:8] == [("6", "10", QUESTIONS[5])] * 2 + [("7", "10", QUESTIONS[6])]
+    assert prompts[5:8] == [("6", "11", QUESTIONS[5])] * 2 + [("7", "11", QUESTIONS[6])]
+    # The tracker, last: a choice from a list
+    choices = "\n    1 - none\n    2 - mlflow\n    3 - wandb\n"
+    assert f"[11/11] {TRACKER_QUESTION}{choices}" in asked.stdout
     assert "Please enter Y or N" in asked.stdout
     assert asked.stderr.startswith("error: batch_size='abc': must be a whole number >= 1\n")
     assert not (tmp_path / "my_pytorch_project").exists()
@@ -117,7 +122,8 @@ def test_an_interactive_run_asks_ten_questions_and_checks_them_after_the_last(
     replay = tmp_path / "replay" / f"{ROOT.name}.json"
     replay.write_text(replay.read_text().replace('"batch_size": "abc"', '"batch_size": "32"'))
     run([*command, "--replay"], tmp_path)
-    assert defaults(tmp_path / "my_pytorch_project")["batch_size"] == 32
+    baked = defaults(tmp_path / "my_pytorch_project")
+    assert (baked["batch_size"], baked["tracker"]) == (32, "mlflow")
 
 
 JINJA = "{{ 7*7 }} {% if x %}"
@@ -129,7 +135,7 @@ def test_jinja_in_an_answer_comes_out_literally(tmp_path: Path, config_file: Pat
     prompted = subprocess.run(
         [sys.executable, "-m", "cookiecutter", str(ROOT), "--config-file", str(config_file)]
         + NO_DATA_ARGS,
-        input=f"{JINJA}\nseven\n{JINJA}\n" + "\n" * 7,  # then the defaults
+        input=f"{JINJA}\nseven\n{JINJA}\n" + "\n" * 8,  # then the defaults
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert prompted.returncode == 0, prompted.stderr

@@ -40,7 +40,11 @@ def test_pyproject_extras_and_an_editable_install(default_project: Path, tmp_pat
     extras = meta["optional-dependencies"]
     assert extras["tensorboard"] == ["tensorboard>=2.14"]
     assert extras["plots"] == ["matplotlib>=3.7"]
-    assert extras["dev"][0] == "my_pytorch_project[tensorboard,plots]"
+    assert extras["mlflow"] == ["mlflow-skinny>=3.18", "sqlalchemy>=2.0", "alembic>=1.13"]
+    assert extras["wandb"] == ["wandb>=0.31"]
+    assert extras["dev"][0] == "my_pytorch_project[tensorboard,plots,mlflow,wandb]"
+    # The default install as light as ever: no tracker's package unless one was chosen.
+    assert meta["dependencies"] == ["torch>=2.13", "tqdm>=4.66", "numpy>=1.26"]
 
     # pip install -e ".[dev]" on the flat layout, into a new venv that sees this one's packages
     # (torch and the rest are installed already; pip fetches setuptools to build).
@@ -172,6 +176,20 @@ def test_tensorboard_answer_sets_the_flag_and_the_dependency(cookies) -> None:
         assert defaults(project)["tensorboard"] is chosen
         meta = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))["project"]
         assert ("tensorboard>=2.14" in meta["dependencies"]) is chosen
+
+
+def test_tracker_answer_sets_the_flag_and_the_dependencies(cookies) -> None:
+    from conftest import defaults
+
+    for chosen, packages in [
+        ("mlflow", ["mlflow-skinny>=3.18", "sqlalchemy>=2.0", "alembic>=1.13"]),
+        ("wandb", ["wandb>=0.31"]),
+    ]:
+        project = bake(cookies, tracker=chosen)
+        assert defaults(project)["tracker"] == chosen
+        meta = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+        assert meta["dependencies"] == ["torch>=2.13", "tqdm>=4.66", "numpy>=1.26", *packages]
+        assert meta["optional-dependencies"][chosen] == packages
 
 
 @pytest.mark.slow

@@ -59,6 +59,24 @@ def cookiecutter_cli(*args: str, cwd: Path, env: dict | None = None) -> subproce
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+def test_a_tracker_not_among_the_choices_is_refused_by_cookiecutter(
+    tmp_path: Path, config_file: Path
+) -> None:
+    """A choice given on the command line is checked by cookiecutter itself, before the hooks:
+    its message names the choices, and nothing is written."""
+    out = tmp_path / "out"
+    result = cookiecutter_cli(
+        "-o", str(out), "--config-file", str(config_file), "tracker=MLflow", *NO_DATA_ARGS,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        "ValueError: MLflow provided for choice variable tracker, but the choices are"
+        " ['none', 'mlflow', 'wandb']."
+    )
+    assert not out.exists() or list(out.iterdir()) == []
+
+
 def test_without_torch_the_project_is_kept_with_the_commands_to_finish(
     tmp_path: Path, config_file: Path
 ) -> None:
@@ -110,7 +128,8 @@ def test_a_failing_smoke_test_fails_the_run_and_keeps_the_users_files(
     assert "Kept the data already in" in result.stdout
     assert "partition.json: not valid JSON" in result.stderr
     assert (
-        "error: smoke test: `python pytorch_script.py --dry-run --num-workers 2`" in result.stderr
+        "error: smoke test: `python pytorch_script.py --dry-run --num-workers 2 --tracker none`"
+        in result.stderr
     )
     assert (project / "notes.txt").read_text() == "my notes"
     assert (project / "data" / "partition.json").read_text() == '{"train": ["id-1"],'
@@ -144,8 +163,8 @@ def test_a_failing_smoke_test_names_the_step_and_keeps_the_project_if_asked(
     assert re.search(r"cannot write \S+/smoke-test/last.pt \(.* MiB free in ", result.stderr)
     assert ": free some space or pass another --runs-dir, then --resume" in result.stderr
     assert (
-        "error: smoke test: `python pytorch_script.py --max-epochs 1 --num-workers 2` failed"
-        in result.stderr
+        "error: smoke test: `python pytorch_script.py --max-epochs 1 --num-workers 2"
+        " --tracker none` failed" in result.stderr
     )
     project = out / "my_pytorch_project"
     if keep:

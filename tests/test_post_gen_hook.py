@@ -100,8 +100,9 @@ def test_a_failing_smoke_test_prints_the_command_and_its_error(project: Path, ca
     err = capsys.readouterr().err
     assert "partition.json: not valid JSON" in err
     assert err.rstrip().endswith(
-        "error: smoke test: `python pytorch_script.py --dry-run --num-workers 2` failed (output"
-        " above). (cookiecutter keeps the project only when given --keep-project-on-failure)"
+        "error: smoke test: `python pytorch_script.py --dry-run --num-workers 2 --tracker none`"
+        " failed (output above). (cookiecutter keeps the project only when given"
+        " --keep-project-on-failure)"
     )
 
 
@@ -116,7 +117,10 @@ def test_a_bug_in_the_project_fails_the_smoke_test_with_its_traceback(
     assert render_hook("post_gen_project").main() == 1
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "ValueError: a bug" in err
-    assert "error: smoke test: `python pytorch_script.py --max-epochs 1 --num-workers 2`" in err
+    assert (
+        "error: smoke test: `python pytorch_script.py --max-epochs 1 --num-workers 2"
+        " --tracker none`" in err
+    )
 
 
 def test_sample_data_that_cannot_be_written_fails_the_hook(project: Path, capsys) -> None:
@@ -156,6 +160,22 @@ def test_without_tensorboard_the_smoke_test_runs_without_it(
     out = capsys.readouterr().out
     assert "Smoke test passed in" in out
     assert out.rstrip().endswith("TensorBoard is not installed here: pip install -e . installs it.")
+
+
+def test_the_smoke_test_logs_to_no_tracker(
+    project: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A project generated with MLflow as its tracker: the smoke test's run does not go to the
+    user's server, here one that is not there."""
+    cli = project / "plumbing" / "cli.py"
+    cli.write_text(cli.read_text().replace('default="none"', 'default="mlflow"', 1))
+    assert 'default="mlflow"' in cli.read_text()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on 9
+    hook = render_hook("post_gen_project", tracker="mlflow")
+
+    assert hook.main() == 0
+    assert "Smoke test passed in" in capsys.readouterr().out
+    assert not list(project.rglob("mlflow.db"))
 
 
 @pytest.mark.parametrize(

@@ -112,6 +112,17 @@ def test_what_is_not_a_boolean_in_a_replay_file_is_refused(capsys) -> None:
     ]
 
 
+def test_a_tracker_not_among_the_choices_in_a_replay_file_is_refused(capsys) -> None:
+    """cookiecutter itself refuses `tracker=MLflow` on its command line (test_hooks.py); a
+    hand-edited replay file reaches the hook as it is."""
+    hook = render_hook("pre_gen_project")
+    hook.ANSWERS["tracker"] = "MLflow"  # the choices are lower case, as --tracker takes them
+    assert hook.main() == 1
+    assert capsys.readouterr().err == (
+        "error: tracker='MLflow': must be one of none, mlflow, wandb\n"
+    )
+
+
 def test_answers_saved_by_an_older_template_say_what_to_rename(capsys) -> None:
     """Template 0.2 asked every question; 0.3 keeps the rarely changed ones private."""
     hook = render_hook("pre_gen_project")

@@ -63,6 +63,10 @@ def test_the_benchmarks_run_and_print_their_tables() -> None:
     assert re.search(r"cookiecutter --no-input, at HEAD +[\d.]+", bake), bake
     assert re.search(r"defaults now / at HEAD: [\d.]+", bake), bake
     assert "train one epoch with 2 workers" in bake  # the post-gen hook's steps
+    out = run([sys.executable, "benchmarks/trackers.py", "--repeats", "1"], ROOT).stdout
+    for row in ["mlflow, new store", "mlflow, existing store", "wandb, offline"]:
+        assert re.search(rf"\n{row} +[\d.]+ \[[\d.]+-[\d.]+\]", out), out
+    assert re.search(r"--tracker wandb +[\d.]+ \[[\d.]+-[\d.]+\] s +[\d.]+x", out), out
     one_test = "test_dataset_returns_each_saved_tensor_and_its_label"
     tests = [sys.executable, "benchmarks/test_time.py", "--repeats", "1", "--only", "project"]
     out = run([*tests, "--keyword", one_test], ROOT).stdout

@@ -8,7 +8,7 @@
     python pack_data.py                    # optional: batched reads from one file per split
     python bench_loader.py                 # which loader settings are fastest on this machine
     python pytorch_script.py --dry-run     # one epoch of two batches per split: a quick check
-    python pytorch_script.py --tensorboard # also for TensorBoard: tensorboard --logdir runs
+    python pytorch_script.py --tracker mlflow  # also to MLflow, or wandb, or --tensorboard
     python plot_metrics.py                 # the loss and accuracy curves of the latest run
     python pytorch_script.py --help        # every flag, with its default
 

@@ -11,4 +11,6 @@
 - packed: pack_data.py's copy of the data: reading it, and when it is current
 - preemption: SIGTERM and SIGUSR1 stop a run after a batch, on every rank, resumably
 - runs: one directory per run: runs/<name>/
+- stream: LitData chunks, local or in object storage (an optional extra)
+- trackers: MLflow and Weights & Biases (--tracker; optional extras)
 """

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from plumbing.distributed import get_device
 
+PROJECT = "{{ cookiecutter.project_slug }}"  # the experiment's name in a tracker (--tracker)
+TEMPLATE_VERSION = "{{ cookiecutter._template_version }}"  # the template this project came from
+
 
 def positive_int(text: str) -> int:
     value = int(text)
@@ -166,6 +169,18 @@ def training_args(argv: list[str] | None, description: str) -> argparse.Namespac
         default={{ cookiecutter._use_tensorboard }},
         help="also log each epoch for TensorBoard, in the run's directory"
         " (tensorboard --logdir runs)",
+    )
+    p.add_argument(
+        "--tracker",
+        choices=["none", "mlflow", "wandb"],
+        default="{{ cookiecutter.tracker }}",
+        help="also log each epoch and the run's settings to MLflow (runs/mlflow.db, or"
+        " MLFLOW_TRACKING_URI) or Weights & Biases (offline unless logged in); README.md",
+    )
+    p.add_argument(
+        "--log-model",
+        action="store_true",
+        help="with --tracker: also store best.pt there when the run finishes",
     )
     p.add_argument(
         "--amp",

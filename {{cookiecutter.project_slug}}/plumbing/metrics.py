@@ -1,5 +1,6 @@
-"""What a run reports each epoch: one line on the screen, a row of runs/<name>/metrics.csv, and
-TensorBoard scalars beside it. The columns are named here and nowhere else.
+"""What a run reports each epoch: one line on the screen, a row of runs/<name>/metrics.csv,
+TensorBoard scalars beside it, and the same numbers in MLflow or W&B (--tracker: trackers.py).
+The columns are named here and nowhere else.
 
 And a training loss that became NaN or infinite (Watch): noted on the device at every step,
 without waiting for it, looked at every CHECK_EVERY batches and at the end of the epoch (where
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from plumbing import distributed
+from plumbing import distributed, trackers
 from plumbing.distributed import rank
 from plumbing.errors import SetupError, on_every_rank
 from plumbing.files import atomic_write_text
@@ -48,10 +49,11 @@ def tensorboard_writer_class() -> type:
 
 class Log:
     """The epochs of one run: a line each on the screen, and on rank 0 a row of metrics.csv
-    and TensorBoard scalars in args.run_dir (None: --dry-run, nothing written). The files are
-    opened when the first epoch ends, so a run that fails sooner leaves nothing behind. A
-    resumed run replaces the rows and steps after its checkpoint's epoch (written before a
-    crash could save the checkpoint)."""
+    and TensorBoard scalars in args.run_dir (None: --dry-run, nothing written), and the
+    tracker's run. The files are opened when the first epoch ends, so a run that fails sooner
+    leaves nothing behind; the tracker is reached now, so that one that cannot be fails before
+    training. A resumed run replaces the rows and steps after its checkpoint's epoch (written
+    before a crash could save the checkpoint)."""
 
     def __init__(
         self,
@@ -67,6 +69,8 @@ class Log:
         if args.tensorboard and rank() == 0:
             # Now, rather than fail after the first epoch; --dry-run too, which checks a run.
             tensorboard_writer_class()
+        self.tracker = trackers.start(args, say) if rank() == 0 else None
+        self.tracker_failed = False
 
     def epoch(
         self,
@@ -104,6 +108,16 @@ class Log:
             for column, tag in TENSORBOARD_TAGS.items():
                 self.writer.add_scalar(tag, row[column], epoch)
             self.writer.flush()
+        if self.tracker and not self.tracker_failed:
+            try:
+                self.tracker.log(epoch, {column: row[column] for column in COLUMNS[1:]})
+            except Exception as err:  # the run goes on: metrics.csv has every epoch
+                self.say(
+                    f"warning: --tracker {self.args.tracker} failed at epoch {epoch}"
+                    f" ({trackers.reason(err)}): no more epochs go there in this run;"
+                    f" {self.run_dir / 'metrics.csv'} has them all"
+                )
+                self.tracker_failed = True  # rather than wait for it again each epoch
 
     def _open(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -120,10 +134,18 @@ class Log:
             self.file.write(",".join(COLUMNS) + "\n")
 
     def close(self) -> None:
+        """Called as the run ends, normally or by an exception (which the tracker is told)."""
         if self.file:
             self.file.close()
         if self.writer:
             self.writer.close()
+        if self.tracker:
+            how = trackers.outcome()
+            try:
+                self.tracker.close(how)
+            except Exception as err:  # after training: a warning, not a failed run
+                self.say(f"warning: --tracker {self.args.tracker}: could not end its run as"
+                         f" {how} ({trackers.reason(err)})")  # fmt: skip
 
 
 def keep_rows_until(metrics_csv: Path, last_epoch: int) -> None:

@@ -109,8 +109,9 @@ def choose(runs_dir: Path, run_name: str | None, resume: str | None) -> tuple[Pa
 
 def only_what_a_run_writes(run_dir: Path) -> bool:
     """Whether run_dir holds no more than a run that stopped before its first checkpoint
-    writes (settings.json, TensorBoard events, a metrics.csv of at most its first epoch), which
-    a run that starts over may replace: not a run with checkpoints, nor something else."""
+    writes (settings.json, TensorBoard events, a tracker's files, a metrics.csv of at most its
+    first epoch), which a run that starts over may replace: not a run with checkpoints, nor
+    something else."""
     if not run_dir.is_dir():
         return False
     for path in run_dir.iterdir():
@@ -118,7 +119,9 @@ def only_what_a_run_writes(run_dir: Path) -> bool:
             if len(path.read_text(encoding="utf-8", errors="replace").splitlines()) > 2:
                 return False
         elif not (
-            path.name == "settings.json"
+            path.name in ("settings.json", "tracker.json")
+            or path.name == "wandb"
+            and path.is_dir()  # --tracker wandb's files of its run
             or path.name.startswith(("events.out.tfevents.", ".last.pt.", ".best.pt."))
         ):
             return False

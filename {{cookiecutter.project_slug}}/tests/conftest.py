@@ -34,8 +34,8 @@ def train(data_dir: Path, run_dir: Path, *flags: str) -> int:
     run directory run_dir (its metrics.csv, last.pt, best.pt), unless flags say otherwise."""
     argv = ["--device", "cpu", "--data-dir", str(data_dir), "--runs-dir", str(run_dir.parent)]
     # Whatever the answers made the defaults: tiny_data has 192 samples to train on, and a test
-    # that wants TensorBoard says so.
-    argv += ["--batch-size", "32", "--no-tensorboard"]
+    # that wants TensorBoard or a tracker says so.
+    argv += ["--batch-size", "32", "--no-tensorboard", "--tracker", "none"]
     if "--run-name" not in flags:
         argv += ["--run-name", run_dir.name]
     return pytorch_script.main([*argv, *flags])

@@ -93,7 +93,7 @@ def train_edited(project: Path, data_dir: Path, *runs: list[str], pack: bool = F
     """pytorch_script.py of the edited copy on the CPU, once for each list of flags in runs, one
     run after the other in one new Python (pack: pack_data.py first); the output of each run."""
     common = ["--device", "cpu", "--data-dir", str(data_dir), "--runs-dir", str(project / "runs")]
-    common += ["--batch-size", "32", "--no-tensorboard"]
+    common += ["--batch-size", "32", "--no-tensorboard", "--tracker", "none"]
     scripts = [("pack_data.py", ["--data-dir", str(data_dir)])] if pack else []
     scripts += [("pytorch_script.py", [*common, *flags]) for flags in runs]
     results = in_one_python(project, *scripts)

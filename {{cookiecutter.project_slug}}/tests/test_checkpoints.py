@@ -411,7 +411,7 @@ def test_ctrl_c_keeps_the_last_complete_epoch_and_resume_goes_on(
     runs_dir = tmp_path / "runs"
     run_dir, metrics_csv = runs_dir / "run-1", runs_dir / "run-1" / "metrics.csv"
     command = [sys.executable, "pytorch_script.py", "--device", "cpu", "--data-dir", str(tiny_data)]
-    command += ["--runs-dir", str(runs_dir), "--no-tensorboard"]
+    command += ["--runs-dir", str(runs_dir), "--no-tensorboard", "--tracker", "none"]
     command += ["--num-workers", "2", "--batch-size", "8"]
     # Ctrl-C's default action in the run, even when these tests were started with SIGINT
     # ignored (nohup, a shell's `&`), which a child would inherit.

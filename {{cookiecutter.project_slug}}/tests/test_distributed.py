@@ -24,7 +24,7 @@ def torchrun(
     *args: str, script: Path = PROJECT / "pytorch_script.py"
 ) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    command += [str(script), "--device", "cpu", "--no-tensorboard", *args]
+    command += [str(script), "--device", "cpu", "--no-tensorboard", "--tracker", "none", *args]
     return subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=300)
 
 

@@ -705,7 +705,7 @@ def test_a_pack_made_before_read_was_edited_is_never_used(tiny_data: Path, tmp_p
     (project / "my_classes.py").write_text(source.replace(old, new), encoding="utf-8")
 
     flags = ["--data-dir", str(tiny_data), "--device", "cpu", "--dry-run", "--num-workers", "0"]
-    flags += ["--batch-size", "32", "--no-tensorboard"]
+    flags += ["--batch-size", "32", "--no-tensorboard", "--tracker", "none"]
     # Both runs in one new Python, which imports the edited copy's modules (and torch once).
     auto, packed = in_one_python(
         project,

@@ -44,7 +44,16 @@ def launch(project: Path, data_dir: Path, *flags: str, ranks: int = 1) -> subpro
     if ranks > 1:
         command[1:1] = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
     command += ["--device", "cpu", "--data-dir", str(data_dir), "--runs-dir", str(project / "runs")]
-    command += ["--no-tensorboard", "--batch-size", "8", "--max-epochs", "4", *flags]
+    command += [
+        "--no-tensorboard",
+        "--tracker",
+        "none",
+        "--batch-size",
+        "8",
+        "--max-epochs",
+        "4",
+        *flags,
+    ]
     return subprocess.Popen(
         command, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,

@@ -179,7 +179,7 @@ def test_bad_flags_exit_with_usage(
 def script(data_dir: Path, runs_dir: Path, *flags: str) -> int:
     """pytorch_script.py as a user runs it, naming no run unless flags do."""
     argv = ["--device", "cpu", "--data-dir", str(data_dir), "--runs-dir", str(runs_dir)]
-    argv += ["--batch-size", "32", "--num-workers", "0", "--no-tensorboard"]
+    argv += ["--batch-size", "32", "--num-workers", "0", "--no-tensorboard", "--tracker", "none"]
     return pytorch_script.main([*argv, *flags])
 
 

@@ -1,0 +1,300 @@
+"""--tracker mlflow and --tracker wandb (plumbing/trackers.py), against the real libraries and
+offline: what a run logged is read back through MLflow's own client and W&B's own reader of its
+offline files, and must say what metrics.csv says. They need the extras:
+pip install -e ".[mlflow,wandb]" (".[dev]" has them)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import pytorch_script
+from conftest import read_rows, train
+from plumbing import cli, metrics, trackers
+
+COLUMNS = metrics.COLUMNS[1:]  # train_loss, val_loss, val_accuracy, data_wait
+PROJECT = Path(pytorch_script.__file__).parent
+
+
+@pytest.fixture(autouse=True)
+def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No tracker of this machine: no server, key or setting of its user. W&B's own files (its
+    caches, settings and staged artifacts) go to tmp_path."""
+    for name in list(os.environ):
+        if name.startswith(("MLFLOW_", "WANDB_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))  # no `wandb login`
+    for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / "wandb-home" / name))
+    yield
+    if (
+        sys.modules.get("wandb") is not None
+    ):  # W&B keeps the settings it read in the process: forget them
+        sys.modules["wandb"].teardown()
+
+
+def closed_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mlflow_run(runs_dir: Path, run_dir: Path) -> tuple[object, object]:
+    """MLflow's client on the project's local store, and the run that run_dir logged to."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{runs_dir / 'mlflow.db'}")
+    run_id = json.loads((run_dir / "tracker.json").read_text())["mlflow"]
+    return client, client.get_run(run_id)
+
+
+def assert_mlflow_shows_the_csv(client: object, run: object, run_dir: Path) -> None:
+    rows = read_rows(run_dir / "metrics.csv")
+    for column in COLUMNS:
+        history = client.get_metric_history(run.info.run_id, column)
+        assert [m.step for m in history] == [row["epoch"] for row in rows], column
+        assert [m.value for m in history] == pytest.approx([row[column] for row in rows], abs=1e-6)
+
+
+def all_flags() -> set[str]:
+    """The dest of every flag of pytorch_script.py."""
+    return set(vars(cli.training_args([], "")))
+
+
+def test_mlflow_gets_each_epoch_the_settings_and_best_pt_and_resume_goes_on(
+    tiny_data: Path, tmp_path: Path, capsys
+) -> None:
+    pytest.importorskip("mlflow", reason="no mlflow extra: pip install -e '.[mlflow]'")
+    runs_dir = tmp_path / "runs"
+    run_dir = runs_dir / "run-1"
+    flags = ["--tracker", "mlflow", "--num-workers", "0", "--log-model"]
+    assert train(tiny_data, run_dir, *flags, "--max-epochs", "2") == 0
+    out = capsys.readouterr().out
+    client, run = mlflow_run(runs_dir, run_dir)
+    assert f"mlflow: logging to run {run.info.run_id} in {runs_dir / 'mlflow.db'}" in out
+    assert run.info.status == "FINISHED" and run.info.run_name == "run-1"
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.name == cli.PROJECT
+    params = run.data.params
+    assert all_flags() | {"input_shape", "num_classes", "template_version"} <= set(params)
+    assert (params["input_shape"], params["num_classes"]) == ("[1, 8, 8]", "4")
+    assert params["template_version"] == cli.TEMPLATE_VERSION and params["max_epochs"] == "2"
+    assert_mlflow_shows_the_csv(client, run, run_dir)
+    [artifact] = client.list_artifacts(run.info.run_id)
+    local = Path(client.download_artifacts(run.info.run_id, artifact.path, str(tmp_path)))
+    assert local.read_bytes() == (run_dir / "best.pt").read_bytes()
+
+    # Resumed: the same MLflow run goes on, one series, and the new --max-epochs is a tag.
+    assert train(tiny_data, run_dir, *flags, "--max-epochs", "4", "--resume") == 0
+    assert f"mlflow: going on with run {run.info.run_id}" in capsys.readouterr().out
+    client, again = mlflow_run(runs_dir, run_dir)
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    assert again.data.params["max_epochs"] == "2" and again.data.tags["resumed.max_epochs"] == "4"
+    assert [row["epoch"] for row in read_rows(run_dir / "metrics.csv")] == [1, 2, 3, 4]
+    assert_mlflow_shows_the_csv(client, again, run_dir)
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+def test_mlflow_says_how_a_run_ended_stopped_resumed_failed(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("mlflow", reason="no mlflow extra: pip install -e '.[mlflow]'")
+    runs_dir = tmp_path / "runs"
+    run_dir = runs_dir / "run-1"
+    validate = pytorch_script.validate
+
+    def validate_and_get_a_signal(*args: object) -> tuple[float, float]:
+        signal.raise_signal(signal.SIGTERM)  # as a cluster preempts the job
+        return validate(*args)
+
+    flags = ["--tracker", "mlflow", "--num-workers", "0", "--max-epochs", "3"]
+    with monkeypatch.context() as patched:
+        patched.setattr(pytorch_script, "validate", validate_and_get_a_signal)
+        assert train(tiny_data, run_dir, *flags) == 75
+    client, run = mlflow_run(runs_dir, run_dir)
+    assert run.info.status == "KILLED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1]
+
+    assert train(tiny_data, run_dir, *flags, "--resume") == 0
+    client, run = mlflow_run(runs_dir, run_dir)
+    assert run.info.status == "FINISHED"
+    assert_mlflow_shows_the_csv(client, run, run_dir)
+
+    # A run that diverges fails, and says so in its tracker too.
+    other = runs_dir / "diverged"
+    assert train(tiny_data, other, "--tracker", "mlflow", "--num-workers", "0", "--lr", "1e30") == 1
+    assert mlflow_run(runs_dir, other)[1].info.status == "FAILED"
+
+
+def wandb_records(run_dir: Path) -> list[list[dict]]:
+    """The records of each W&B offline run in run_dir (one per start: the first, each resume),
+    in order, as W&B's own reader of its .wandb files prints them."""
+    starts = []
+    for path in sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb")):
+        command = [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(path)]
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+        )
+        assert result.returncode == 0, result.stderr
+        starts.append([json.loads(line) for line in result.stdout.splitlines()])
+    return starts
+
+
+def test_wandb_runs_offline_with_each_epoch_the_settings_and_best_pt_and_resume_goes_on(
+    tiny_data: Path, tmp_path: Path, capsys
+) -> None:
+    pytest.importorskip("wandb", reason="no wandb extra: pip install -e '.[wandb]'")
+    run_dir = tmp_path / "runs" / "run-1"
+    flags = ["--tracker", "wandb", "--num-workers", "2", "--log-model"]
+    assert train(tiny_data, run_dir, *flags, "--max-epochs", "2") == 0
+    assert train(tiny_data, run_dir, *flags, "--max-epochs", "4", "--resume") == 0
+    out = capsys.readouterr().out
+    sync = f"upload with wandb sync {run_dir / 'wandb' / 'offline-run-*'}\n"
+    assert out.count(f"wandb: offline, in {run_dir / 'wandb'}/offline-run-") == 2
+    assert out.count(sync) == 2
+
+    first, resumed = wandb_records(run_dir)
+    run_id = json.loads((run_dir / "tracker.json").read_text())["wandb"]
+    history = []
+    for records, max_epochs in ((first, 2), (resumed, 4)):
+        [run] = [r["run"] for r in records if r["type"] == "run"]
+        assert (run["run_id"], run["display_name"], run["project"]) == (
+            run_id, "run-1", cli.PROJECT,
+        )  # fmt: skip
+        config = run["config"]["update"]
+        assert all_flags() | {"input_shape", "num_classes", "template_version"} <= set(config)
+        assert config["max_epochs"] == max_epochs and config["input_shape"] == [1, 8, 8]
+        assert config["template_version"] == cli.TEMPLATE_VERSION
+        [artifact] = [r["artifact"] for r in records if r["type"] == "artifact"]
+        assert (artifact["name"], artifact["type"]) == ("run-1-best", "model")
+        assert [c["path"] for c in artifact["manifest"]["contents"]] == ["best.pt"]
+        [ended] = [r["exit"] for r in records if r["type"] == "exit"]
+        assert ended.get("exit_code", 0) == 0
+        history += [r["history"] for r in records if r["type"] == "history"]
+
+    # One series over both starts: each epoch once, as its step, with the CSV's numbers.
+    rows = read_rows(run_dir / "metrics.csv")
+    assert (
+        [int(h["step"]["num"]) for h in history] == [row["epoch"] for row in rows] == [1, 2, 3, 4]
+    )
+    for h, row in zip(history, rows, strict=True):
+        assert h["item"]["epoch"] == row["epoch"]
+        assert [h["item"][c] for c in COLUMNS] == pytest.approx([row[c] for c in COLUMNS], abs=1e-6)
+
+
+@pytest.mark.parametrize("tracker", ["mlflow", "wandb"])
+def test_a_tracker_that_cannot_be_reached_is_one_line_before_training(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, tracker: str
+) -> None:
+    pytest.importorskip(tracker, reason=f"no {tracker} extra: pip install -e '.[{tracker}]'")
+    address = f"http://127.0.0.1:{closed_port()}"
+    if tracker == "mlflow":
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", address)
+        expected = (
+            f"error: --tracker mlflow: cannot log to {address}: [Errno 111] Connection refused."
+            " Start the server or correct MLFLOW_TRACKING_URI, or pass --tracker none\n"
+        )
+    else:  # logged in (a key), to a server that is not there
+        monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+        monkeypatch.setenv("WANDB_BASE_URL", address)
+        monkeypatch.setenv("WANDB_INIT_TIMEOUT", "3")
+        expected = "error: --tracker wandb: cannot log to W&B: "
+    run_dir = tmp_path / "runs" / "run-1"
+    started = time.monotonic()
+    assert train(tiny_data, run_dir, "--tracker", tracker, "--num-workers", "0") == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith(expected) and captured.err.count("\n") == 1, captured.err
+    assert "Connection refused" in captured.err or "connection refused" in captured.err
+    assert "epoch 1/" not in captured.out  # before an epoch is spent
+    assert time.monotonic() - started < 60
+    assert not run_dir.exists(), "nothing is left of a run that could not start"
+
+
+@pytest.mark.parametrize("tracker", ["mlflow", "wandb"])
+@pytest.mark.parametrize("flags", [["--dry-run"], ["--max-epochs", "1"]])
+def test_a_tracker_not_installed_is_one_line_before_training(
+    tiny_data: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys,
+    tracker: str,
+    flags: list[str],
+) -> None:
+    monkeypatch.setitem(sys.modules, tracker, None)  # not installed, as far as imports go
+    run_dir = tmp_path / "runs" / "run-1"
+    assert train(tiny_data, run_dir, "--tracker", tracker, "--num-workers", "0", *flags) == 1
+    captured = capsys.readouterr()
+    assert captured.err == (
+        f"error: --tracker {tracker} needs the {tracker} package (import of {tracker} halted;"
+        f" None in sys.modules): pip install -e '.[{tracker}]', or pass --tracker none\n"
+    )
+    assert "epoch 1/1" not in captured.out
+    assert not run_dir.exists()
+
+
+def test_a_tracker_that_fails_during_the_run_is_a_warning_and_training_goes_on(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    pytest.importorskip("mlflow", reason="no mlflow extra: pip install -e '.[mlflow]'")
+    runs_dir = tmp_path / "runs"
+    run_dir = runs_dir / "run-1"
+    log, calls = trackers.MLflow.log, []
+
+    def server_gone_at_epoch_2(self: trackers.MLflow, epoch: int, row: dict) -> None:
+        calls.append(epoch)
+        if epoch == 2:
+            raise ConnectionError("[Errno 111] Connection refused")
+        log(self, epoch, row)
+
+    monkeypatch.setattr(trackers.MLflow, "log", server_gone_at_epoch_2)
+    flags = ["--tracker", "mlflow", "--num-workers", "0", "--max-epochs", "3"]
+    assert train(tiny_data, run_dir, *flags) == 0
+    assert (
+        capsys.readouterr().out.count(
+            "warning: --tracker mlflow failed at epoch 2 ([Errno 111] Connection refused): no more"
+            f" epochs go there in this run; {run_dir / 'metrics.csv'} has them all\n"
+        )
+        == 1
+    )
+    assert calls == [1, 2] and len(read_rows(run_dir / "metrics.csv")) == 3
+    client, run = mlflow_run(runs_dir, run_dir)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1]
+    assert run.info.status == "FINISHED"
+
+
+def test_without_a_tracker_neither_package_is_imported(tiny_data: Path, tmp_path: Path) -> None:
+    code = (
+        "import sys, pytorch_script;"
+        f" status = pytorch_script.main(['--dry-run', '--device', 'cpu', '--num-workers', '0',"
+        f" '--data-dir', {str(tiny_data)!r}, '--tracker', 'none', '--no-tensorboard']);"
+        " print(status, sorted({m.split('.')[0] for m in sys.modules} & {'mlflow', 'wandb'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, timeout=120
+    )
+    assert result.stdout.splitlines()[-1] == "0 []", result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_under_torchrun_rank_0_alone_logs(tiny_data: Path, tmp_path: Path) -> None:
+    pytest.importorskip("mlflow", reason="no mlflow extra: pip install -e '.[mlflow]'")
+    from test_distributed import ended, torchrun
+
+    runs_dir = tmp_path / "runs"
+    result = torchrun(
+        "--data-dir", str(tiny_data), "--runs-dir", str(runs_dir), "--max-epochs", "2",
+        "--num-workers", "0", "--batch-size", "16", "--tracker", "mlflow",
+    )  # fmt: skip
+    assert ended(result), result.stdout + result.stderr
+    assert result.stdout.count("mlflow: logging to run ") == 1
+    client, run = mlflow_run(runs_dir, runs_dir / "run-1")
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+    assert run.info.status == "FINISHED" and run.data.params["device"] == "cpu"
+    assert_mlflow_shows_the_csv(client, run, runs_dir / "run-1")
