@@ -89,9 +89,9 @@ def fit(
     # Mixed precision (--amp): float16 on CUDA needs its gradients scaled
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp and device.type == "cuda")
     start_epoch, best_score, inside = runs.start(args, model, optimizer, scaler, say)
-    log = metrics.Log(args, start_epoch, loader.data_bound_hint(args, training_generator), say)
     say(loader.describe(training_generator, validation_generator, args))
     model = distributed.parallel(model)
+    log = metrics.Log(args, start_epoch, loader.data_bound_hint(args, training_generator), say)
     # Objects made so far live as long as the run: keep the garbage collector of each forked
     # worker from writing to them, which would copy their pages into it (tens of MB each).
     gc.freeze()

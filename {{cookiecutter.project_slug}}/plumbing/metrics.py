@@ -51,9 +51,10 @@ class Log:
     """The epochs of one run: a line each on the screen, and on rank 0 a row of metrics.csv
     and TensorBoard scalars in args.run_dir (None: --dry-run, nothing written), and the
     tracker's run. The files are opened when the first epoch ends, so a run that fails sooner
-    leaves nothing behind; the tracker is reached now, so that one that cannot be fails before
-    training. A resumed run replaces the rows and steps after its checkpoint's epoch (written
-    before a crash could save the checkpoint)."""
+    leaves none behind; the tracker is reached now, so that one that cannot be fails before
+    training (a run that fails later is marked failed there, and its directory keeps the
+    tracker's id). A resumed run replaces the rows and steps after its checkpoint's epoch
+    (written before a crash could save the checkpoint)."""
 
     def __init__(
         self,
@@ -69,7 +70,7 @@ class Log:
         if args.tensorboard and rank() == 0:
             # Now, rather than fail after the first epoch; --dry-run too, which checks a run.
             tensorboard_writer_class()
-        self.tracker = trackers.start(args, say) if rank() == 0 else None
+        self.tracker = trackers.start(args, say)  # on rank 0; a failure fails every rank
         self.tracker_failed = False
 
     def epoch(

@@ -1,70 +1,85 @@
 """--tracker mlflow or wandb: each epoch's row of metrics.csv, the run's settings and (with
---log-model) its best.pt, in the experiment tracker a team already looks at. Only rank 0 logs,
-and --resume goes on with the same tracker run: its id is kept in runs/<name>/tracker.json.
-Neither package is imported unless chosen: pip install -e '.[mlflow]' or '.[wandb]'.
+--log-model) its best.pt, in the experiment tracker a team already looks at. Only rank 0 logs.
+A run directory is one tracker run: its id is kept in runs/<name>/tracker.json, and --resume
+goes on with it. Neither package is imported unless chosen: pip install -e '.[mlflow]' or
+'.[wandb]'.
 
 Offline first. MLflow writes to runs/mlflow.db, a store beside the runs so that `mlflow ui`
 compares them, unless MLFLOW_TRACKING_URI names a server. W&B runs offline, into
 runs/<name>/wandb/ (upload with wandb sync), unless you are logged in or WANDB_MODE says so."""
 
 import argparse
-import contextlib
 import importlib
 import json
 import logging
 import netrc
 import os
 import re
+import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
+from plumbing import distributed
 from plumbing.cli import PROJECT, TEMPLATE_VERSION
-from plumbing.errors import SetupError
+from plumbing.errors import SetupError, on_every_rank
 from plumbing.files import atomic_write_text
 from plumbing.preemption import Stopped
 
-PACKAGES = {"mlflow": "mlflow", "wandb": "wandb"}  # --tracker: the module it imports
+Say = Callable[[str], None]
 
 
-def load(name: str) -> object:
-    """The tracker's package, or a SetupError that says how to install it."""
-    try:
-        return importlib.import_module(PACKAGES[name])
-    except ImportError as err:
-        raise SetupError(
-            f"--tracker {name} needs the {name} package ({err}): pip install -e '.[{name}]',"
-            " or pass --tracker none"
-        ) from None
+def start(args: argparse.Namespace, say: Say) -> "MLflow | WandB | None":
+    """On rank 0, the tracker run of args.run_dir, started or continued; None for --tracker
+    none, --dry-run (which only checks that the package is there) and the other ranks. A
+    tracker that cannot be used fails every rank, in one line from rank 0."""
+    tracker, problem = None, None
+    if distributed.rank() == 0:
+        try:
+            tracker = open_run(args, say)
+        except SetupError as err:
+            problem = str(err)
+    problem = distributed.from_rank_0(problem)
+    if problem:
+        raise on_every_rank(SetupError(problem))
+    return tracker
 
 
-def start(args: argparse.Namespace, say: Callable[[str], None]) -> "MLflow | WandB | None":
-    """The tracker run of args.run_dir, started or, when the run goes on from its last.pt,
-    continued; None for --tracker none. A --dry-run only checks that the package is there."""
+def open_run(args: argparse.Namespace, say: Say) -> "MLflow | WandB | None":
     if args.tracker == "none":
         return None
     module = load(args.tracker)
     if args.dry_run:
         return None
-    kind = MLflow if args.tracker == "mlflow" else WandB
+    if args.tracker == "wandb" and os.environ.get("WANDB_MODE") == "disabled":
+        say("wandb: WANDB_MODE=disabled: nothing goes to W&B")
+        return None
     ids_file = args.run_dir / "tracker.json"
     ids = read_ids(ids_file)
-    # a run that goes on from its last.pt continues its tracker run; one that starts over does not
-    earlier = ids.get(args.tracker) if (args.run_dir / "last.pt").exists() else None
+    kind = MLflow if args.tracker == "mlflow" else WandB
     try:
-        tracker = kind(module, args, earlier, say)
-    except SetupError:
-        raise
-    except Exception as err:  # unreachable, refused, a store it cannot write: before training
+        tracker = kind(module, args, ids.get(args.tracker), say)
+    except kind.failures(module) as err:  # unreachable, refused, a store it cannot write
         raise SetupError(
             f"--tracker {args.tracker}: cannot log to {kind.where(args)}: {reason(err)}."
-            f" {kind.fix} or pass --tracker none"
+            f" {kind.advice(args)}, or pass --tracker none"
         ) from None
     atomic_write_text(ids_file, json.dumps(ids | {args.tracker: tracker.id}, indent=1) + "\n")
     return tracker
+
+
+def load(name: str) -> object:
+    """The tracker's package, or a SetupError that says how to install it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        raise SetupError(
+            f"--tracker {name} needs the {name} package ({err}): pip install -e '.[{name}]',"
+            " or pass --tracker none"
+        ) from None
 
 
 def read_ids(path: Path) -> dict[str, str]:
@@ -92,7 +107,7 @@ def reason(err: BaseException) -> str:
 
 def outcome() -> str:
     """How the run is ending, from the exception on its way out, if any: finished, stopped
-    by a signal (and resumable), or failed."""
+    by a signal or Ctrl-C (and resumable), or failed."""
     err = sys.exc_info()[1]
     if err is None:
         return "finished"
@@ -102,57 +117,89 @@ def outcome() -> str:
 class MLflow:
     """One MLflow run, through MlflowClient (no global active run)."""
 
-    fix = "Start the server or correct MLFLOW_TRACKING_URI,"
+    @staticmethod
+    def failures(mlflow: object) -> tuple[type[BaseException], ...]:
+        import requests
+
+        return (mlflow.exceptions.MlflowException, requests.RequestException, OSError)
 
     @staticmethod
     def where(args: argparse.Namespace) -> str:
-        return os.environ.get("MLFLOW_TRACKING_URI") or local_store(args.runs_dir)[0]
+        return os.environ.get("MLFLOW_TRACKING_URI") or str(args.runs_dir / "mlflow.db")
 
-    def __init__(
-        self, mlflow: object, args: argparse.Namespace, earlier: str | None, say: Callable
-    ) -> None:
+    @staticmethod
+    def advice(args: argparse.Namespace) -> str:
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            return "Start the server or correct MLFLOW_TRACKING_URI"
+        return "Check that store (or move it away to start a new one)"
+
+    def __init__(self, mlflow: object, args: argparse.Namespace, earlier: str | None, say: Say):
         from mlflow.entities import Param, RunTag
 
         self.mlflow, self.run_dir, self.log_model = mlflow, args.run_dir, args.log_model
-        local, artifacts = local_store(args.runs_dir)
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or local
-        # The store's first creation says what it does on the INFO level: not worth a line.
+        # MLflow retries a failed request for minutes by default: a training loop should not
+        # wait that long for its metrics server (the variables, where you set them, decide).
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        # The local store's creation says what it does on the INFO level: not worth a line.
         for name in ("mlflow.store.db.utils", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
-        with quick_failure():  # an unreachable server: a few seconds, not minutes of retries
-            self.client = mlflow.MlflowClient(tracking_uri=uri)
-            experiment = experiment_id(self.client, artifacts if uri == local else None)
-            run = self.find(earlier, say)
-            if run is None:
-                run = self.client.create_run(experiment, run_name=args.run_dir.name)
-            else:
-                self.client.update_run(run.info.run_id, status="RUNNING")
-            self.id = run.info.run_id
-            # A parameter cannot change in MLflow: a flag that a resumed start changes is a tag
-            # resumed.<flag> (settings.json keeps every start's flags).
+        local, artifacts = local_store(args.runs_dir)
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or local
+        self.client = mlflow.MlflowClient(tracking_uri=uri)
+        run = self.find(earlier, say)
+        if run is None:
+            experiment = self.experiment(artifacts if uri == local else None)
+            run = self.client.create_run(experiment, run_name=args.run_dir.name)
+        self.id = run.info.run_id
+        try:
+            self.client.update_run(self.id, status="RUNNING")
+            # A parameter cannot change in MLflow: a flag that a later start of the run changes
+            # is the tag resumed.<flag>, its latest value (settings.json keeps every start's).
             params = [Param(k, str(v)[:6000]) for k, v in settings(args).items()]
             new = [p for p in params if p.key not in run.data.params]
-            changed = [p for p in params if run.data.params.get(p.key, p.value) != p.value]
-            tags = [RunTag(f"resumed.{p.key}", p.value) for p in changed]
+            tags = [
+                RunTag(f"resumed.{p.key}", p.value)
+                for p in params
+                if run.data.params.get(p.key, p.value) != p.value
+                or f"resumed.{p.key}" in run.data.tags
+            ]
             for i in range(0, max(len(new), len(tags)), 100):  # at most 100 of each per request
                 self.client.log_batch(self.id, params=new[i : i + 100], tags=tags[i : i + 100])
+        except BaseException:
+            self.close("failed", quietly=True)  # not left RUNNING
+            raise
         store = os.environ.get("MLFLOW_TRACKING_URI") or (
             f"{args.runs_dir / 'mlflow.db'} (browse: mlflow ui --backend-store-uri"
-            f" sqlite:///{args.runs_dir / 'mlflow.db'})"
+            f" {shlex.quote(store_uri(args.runs_dir))})"
         )
         how = "going on with" if earlier == self.id else "logging to"
         say(f"mlflow: {how} run {self.id} in {store}")
 
-    def find(self, run_id: str | None, say: Callable) -> object | None:
+    def find(self, run_id: str | None, say: Say) -> object | None:
+        """The run of this run directory, if the store has it."""
         if run_id is None:
             return None
         try:
             return self.client.get_run(run_id)
         except self.mlflow.exceptions.MlflowException as err:
-            if "RESOURCE_DOES_NOT_EXIST" not in str(getattr(err, "error_code", "")):
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
-            say(f"warning: mlflow: run {run_id} is not in this store: a new run goes on from here")
-            return None
+        say(f"warning: mlflow: run {run_id} is not in this store: a new run goes on from here")
+        return None
+
+    def experiment(self, artifacts: str | None) -> str:
+        """MLFLOW_EXPERIMENT_NAME's experiment, or the project's; made if it is not there yet."""
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or PROJECT
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return self.client.create_experiment(name, artifact_location=artifacts)
+        except self.mlflow.exceptions.MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":  # another run made it just now
+                raise
+        return self.client.get_experiment_by_name(name).experiment_id
 
     def log(self, epoch: int, row: dict[str, float]) -> None:
         from mlflow.entities import Metric
@@ -161,59 +208,44 @@ class MLflow:
         metrics = [Metric(key, value, now, epoch) for key, value in row.items()]
         self.client.log_batch(self.id, metrics=metrics)
 
-    def close(self, how: str) -> None:
+    def close(self, how: str, quietly: bool = False) -> None:
         best = self.run_dir / "best.pt"
-        if how == "finished" and self.log_model and best.exists():
-            self.client.log_artifact(self.id, str(best))
-        status = {"finished": "FINISHED", "stopped": "KILLED", "failed": "FAILED"}[how]
-        self.client.set_terminated(self.id, status)
+        try:
+            if how == "finished" and self.log_model and best.exists():
+                self.client.log_artifact(self.id, str(best))
+            status = {"finished": "FINISHED", "stopped": "KILLED", "failed": "FAILED"}[how]
+            self.client.set_terminated(self.id, status)
+        except Exception:
+            if not quietly:
+                raise
 
 
 def local_store(runs_dir: Path) -> tuple[str, str]:
     """The local store's tracking URI and its artifacts' location: beside the runs."""
-    runs_dir = runs_dir.absolute()
-    return f"sqlite:///{runs_dir / 'mlflow.db'}", (runs_dir / "mlartifacts").as_uri()
+    return store_uri(runs_dir.absolute()), (runs_dir.absolute() / "mlartifacts").as_uri()
 
 
-def experiment_id(client: object, artifacts: str | None) -> str:
-    """MLFLOW_EXPERIMENT_NAME's experiment, or the project's; made when it is not there yet."""
-    name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or PROJECT
-    for _ in range(2):  # another run may make it between the two calls
-        experiment = client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        with contextlib.suppress(Exception):
-            return client.create_experiment(name, artifact_location=artifacts)
-    raise SetupError(f"mlflow: cannot make or find the experiment {name!r}")
-
-
-@contextlib.contextmanager
-def quick_failure() -> Iterator[None]:
-    """MLflow retries a failed request for minutes by default: at start, give up in seconds
-    (what MLFLOW_HTTP_REQUEST_MAX_RETRIES and _TIMEOUT say, where you set them)."""
-    saved = dict(os.environ)
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    try:
-        yield
-    finally:
-        for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
-            if name not in saved:
-                os.environ.pop(name, None)
+def store_uri(runs_dir: Path) -> str:
+    """Quoted: a ?, # or % in the path is part of its name."""
+    return f"sqlite:///{quote(runs_dir.as_posix())}/mlflow.db"
 
 
 class WandB:
     """One Weights & Biases run; offline unless you are logged in or WANDB_MODE says."""
 
-    fix = "Check the network and `wandb login` (or WANDB_API_KEY), set WANDB_MODE=offline,"
+    @staticmethod
+    def failures(wandb: object) -> tuple[type[BaseException], ...]:
+        return (wandb.errors.Error, OSError)
 
     @staticmethod
     def where(args: argparse.Namespace) -> str:
         return "W&B"
 
-    def __init__(
-        self, wandb: object, args: argparse.Namespace, earlier: str | None, say: Callable
-    ) -> None:
+    @staticmethod
+    def advice(args: argparse.Namespace) -> str:
+        return "Check the network and `wandb login` (or WANDB_API_KEY), set WANDB_MODE=offline"
+
+    def __init__(self, wandb: object, args: argparse.Namespace, earlier: str | None, say: Say):
         self.wandb, self.run_dir, self.log_model = wandb, args.run_dir, args.log_model
         # Offline unless logged in; logged in, as W&B decides (WANDB_MODE, `wandb offline`).
         mode = None if os.environ.get("WANDB_MODE") or logged_in(wandb) else "offline"
@@ -238,9 +270,9 @@ class WandB:
         self.id = self.run.id
         if self.run.url:
             say(f"wandb: {self.run.url}")
-        else:  # offline (or WANDB_MODE=disabled: nothing written)
+        else:
             say(
-                f"wandb: {self.run.settings.mode}, in {Path(self.run.dir).parent}; upload with"
+                f"wandb: offline, in {Path(self.run.dir).parent}; upload with"
                 f" wandb sync {args.run_dir / 'wandb' / 'offline-run-*'}"
             )
 
@@ -250,25 +282,31 @@ class WandB:
 
     def close(self, how: str) -> None:
         best = self.run_dir / "best.pt"
-        if how == "finished" and self.log_model and best.exists():
-            artifact = self.wandb.Artifact(
-                re.sub(r"[^\w.-]", "-", f"{self.run.name}-best"), "model"
-            )
-            artifact.add_file(str(best))
-            self.run.log_artifact(artifact)
-        self.run.finish(exit_code={"finished": 0, "stopped": 75, "failed": 1}[how])
+        try:
+            if how == "finished" and self.log_model and best.exists():
+                name = re.sub(r"[^\w.-]", "-", f"{self.run.name}-best", flags=re.ASCII)
+                artifact = self.wandb.Artifact(name, "model")
+                artifact.add_file(str(best))
+                self.run.log_artifact(artifact)
+            self.run.finish(exit_code={"finished": 0, "stopped": 75, "failed": 1}[how])
+        finally:
+            self.wandb.teardown()  # a next run in this process reads the settings afresh
 
 
 def logged_in(wandb: object) -> bool:
-    """Whether W&B has an API key here (WANDB_API_KEY, or `wandb login`'s ~/.netrc), without
+    """Whether W&B has an API key here (WANDB_API_KEY, or `wandb login`'s netrc), without
     asking the server."""
     settings = wandb.setup(wandb.Settings(silent=True)).settings
     if settings.api_key:
         return True
-    try:
-        found = netrc.netrc(os.environ.get("NETRC")).authenticators(
-            urlparse(settings.base_url).hostname
-        )
-    except (OSError, netrc.NetrcParseError):
-        return False
-    return found is not None
+    address = urlparse(settings.base_url)
+    hosts = {address.netloc, address.hostname}  # with its port, as W&B writes it, or without
+    for name in (os.environ.get("NETRC"), "~/.netrc", "~/_netrc"):  # W&B's order
+        path = Path(name).expanduser() if name else None
+        if path and path.is_file():
+            try:
+                found = netrc.netrc(path)
+            except (OSError, netrc.NetrcParseError):
+                return False
+            return any(found.authenticators(host) for host in hosts if host)
+    return False

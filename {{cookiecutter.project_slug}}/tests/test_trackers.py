@@ -48,9 +48,11 @@ def closed_port() -> int:
 
 def mlflow_run(runs_dir: Path, run_dir: Path) -> tuple[object, object]:
     """MLflow's client on the project's local store, and the run that run_dir logged to."""
+    from urllib.parse import quote
+
     from mlflow import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{runs_dir / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{quote(str(runs_dir / 'mlflow.db'))}")
     run_id = json.loads((run_dir / "tracker.json").read_text())["mlflow"]
     return client, client.get_run(run_id)
 
@@ -72,11 +74,12 @@ def test_mlflow_gets_each_epoch_the_settings_and_best_pt_and_resume_goes_on(
     tiny_data: Path, tmp_path: Path, capsys
 ) -> None:
     pytest.importorskip("mlflow", reason="no mlflow extra: pip install -e '.[mlflow]'")
-    runs_dir = tmp_path / "runs"
+    runs_dir = tmp_path / "my runs?%41"  # what a URL would read otherwise: part of the name
     run_dir = runs_dir / "run-1"
     flags = ["--tracker", "mlflow", "--num-workers", "0", "--log-model"]
     assert train(tiny_data, run_dir, *flags, "--max-epochs", "2") == 0
     out = capsys.readouterr().out
+    assert (runs_dir / "mlflow.db").is_file()
     client, run = mlflow_run(runs_dir, run_dir)
     assert f"mlflow: logging to run {run.info.run_id} in {runs_dir / 'mlflow.db'}" in out
     assert run.info.status == "FINISHED" and run.info.run_name == "run-1"
@@ -91,12 +94,16 @@ def test_mlflow_gets_each_epoch_the_settings_and_best_pt_and_resume_goes_on(
     local = Path(client.download_artifacts(run.info.run_id, artifact.path, str(tmp_path)))
     assert local.read_bytes() == (run_dir / "best.pt").read_bytes()
 
-    # Resumed: the same MLflow run goes on, one series, and the new --max-epochs is a tag.
+    # Resumed twice: the same MLflow run goes on, one series; a flag a start changed is a tag
+    # with its latest value.
+    assert train(tiny_data, run_dir, *flags, "--max-epochs", "3", "--resume", "--lr", "5e-4") == 0
     assert train(tiny_data, run_dir, *flags, "--max-epochs", "4", "--resume") == 0
-    assert f"mlflow: going on with run {run.info.run_id}" in capsys.readouterr().out
+    assert capsys.readouterr().out.count(f"mlflow: going on with run {run.info.run_id}") == 2
     client, again = mlflow_run(runs_dir, run_dir)
     assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
-    assert again.data.params["max_epochs"] == "2" and again.data.tags["resumed.max_epochs"] == "4"
+    assert (again.data.params["max_epochs"], again.data.params["lr"]) == ("2", "0.001")
+    tags = {k: v for k, v in again.data.tags.items() if k.startswith("resumed.")}
+    assert tags == {"resumed.max_epochs": "4", "resumed.lr": "0.001", "resumed.resume": ""}
     assert [row["epoch"] for row in read_rows(run_dir / "metrics.csv")] == [1, 2, 3, 4]
     assert_mlflow_shows_the_csv(client, again, run_dir)
     assert len(client.search_runs([run.info.experiment_id])) == 1
@@ -127,10 +134,19 @@ def test_mlflow_says_how_a_run_ended_stopped_resumed_failed(
     assert run.info.status == "FINISHED"
     assert_mlflow_shows_the_csv(client, run, run_dir)
 
-    # A run that diverges fails, and says so in its tracker too.
+    # A run that diverges fails, and says so in its tracker too; started over, its directory
+    # goes on with the same tracker run.
     other = runs_dir / "diverged"
-    assert train(tiny_data, other, "--tracker", "mlflow", "--num-workers", "0", "--lr", "1e30") == 1
-    assert mlflow_run(runs_dir, other)[1].info.status == "FAILED"
+    flags = ["--tracker", "mlflow", "--num-workers", "0", "--max-epochs", "1"]
+    assert train(tiny_data, other, *flags, "--lr", "1e30") == 1
+    failed = mlflow_run(runs_dir, other)[1]
+    assert failed.info.status == "FAILED"
+    assert train(tiny_data, other, *flags, "--resume") == 0
+    client, run = mlflow_run(runs_dir, other)
+    assert run.info.run_id == failed.info.run_id and run.info.status == "FINISHED"
+    assert [r.info.run_name for r in client.search_runs([run.info.experiment_id])] == [
+        "diverged", "run-1",
+    ]  # fmt: skip
 
 
 def wandb_records(run_dir: Path) -> list[list[dict]]:
@@ -201,8 +217,13 @@ def test_a_tracker_that_cannot_be_reached_is_one_line_before_training(
             f"error: --tracker mlflow: cannot log to {address}: [Errno 111] Connection refused."
             " Start the server or correct MLFLOW_TRACKING_URI, or pass --tracker none\n"
         )
-    else:  # logged in (a key), to a server that is not there
-        monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    else:  # logged in (`wandb login` writes the key to netrc), to a server that is not there
+        netrc = tmp_path / "netrc"
+        netrc.write_text(
+            f"machine {address.removeprefix('http://')} login user password {'k' * 40}\n"
+        )
+        netrc.chmod(0o600)
+        monkeypatch.setenv("NETRC", str(netrc))
         monkeypatch.setenv("WANDB_BASE_URL", address)
         monkeypatch.setenv("WANDB_INIT_TIMEOUT", "3")
         expected = "error: --tracker wandb: cannot log to W&B: "
@@ -269,6 +290,20 @@ def test_a_tracker_that_fails_during_the_run_is_a_warning_and_training_goes_on(
     assert run.info.status == "FINISHED"
 
 
+def test_wandb_disabled_logs_nothing_and_says_so(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("wandb", reason="no wandb extra: pip install -e '.[wandb]'")
+    os.environ["WANDB_MODE"] = "disabled"  # (the autouse fixture restores the environment)
+    run_dir = tmp_path / "runs" / "run-1"
+    assert (
+        train(tiny_data, run_dir, "--tracker", "wandb", "--num-workers", "0", "--max-epochs", "1")
+        == 0
+    )
+    assert "wandb: WANDB_MODE=disabled: nothing goes to W&B\n" in capsys.readouterr().out
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "best.pt", "last.pt", "metrics.csv", "settings.json",
+    ]  # fmt: skip
+
+
 def test_without_a_tracker_neither_package_is_imported(tiny_data: Path, tmp_path: Path) -> None:
     code = (
         "import sys, pytorch_script;"
@@ -298,3 +333,17 @@ def test_under_torchrun_rank_0_alone_logs(tiny_data: Path, tmp_path: Path) -> No
     assert len(client.search_runs([run.info.experiment_id])) == 1
     assert run.info.status == "FINISHED" and run.data.params["device"] == "cpu"
     assert_mlflow_shows_the_csv(client, run, runs_dir / "run-1")
+
+    # A server that cannot be reached: one line for the job, from rank 0, before training.
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed_port()}")
+        result = torchrun(
+            "--data-dir", str(tiny_data), "--runs-dir", str(runs_dir), "--num-workers", "0",
+            "--tracker", "mlflow",
+        )  # fmt: skip
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    # (torchrun adds its own report of a failed job: no rank's traceback is in it)
+    assert len(errors) == 1 and 'pytorch_script.py", line' not in result.stderr, result.stderr
+    assert errors[0].startswith("error: --tracker mlflow: cannot log to http://127.0.0.1:")
+    assert "epoch 1/" not in result.stdout
