@@ -129,6 +129,10 @@ def data_and_smoke_test() -> int:
         if ANSWERS["_use_tensorboard"] and importlib.util.find_spec("tensorboard") is None:
             run.append("--no-tensorboard")
             note = " TensorBoard is not installed here: pip install -e . installs it."
+        tracker = ANSWERS["tracker"]
+        if tracker != "none" and importlib.util.find_spec(tracker) is None:
+            name = {"mlflow": "MLflow", "wandb": "W&B"}[tracker]
+            note += f" {name}, your tracker, is not installed here: pip install -e . installs it."
         try:
             val_accuracy = smoke_test(pytorch_script, run)
         except Exception as err:

@@ -162,6 +162,20 @@ def test_without_tensorboard_the_smoke_test_runs_without_it(
     assert out.rstrip().endswith("TensorBoard is not installed here: pip install -e . installs it.")
 
 
+def test_without_the_tracker_s_package_the_next_step_says_how_to_install_it(
+    project: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed, as far as imports go
+    hook = render_hook("post_gen_project", tracker="wandb")
+
+    assert hook.main() == 0
+    out = capsys.readouterr().out
+    assert "Smoke test passed in" in out
+    assert out.rstrip().endswith(
+        "W&B, your tracker, is not installed here: pip install -e . installs it."
+    )
+
+
 def test_the_smoke_test_logs_to_no_tracker(
     project: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:

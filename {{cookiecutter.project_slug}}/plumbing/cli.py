@@ -193,6 +193,8 @@ def training_args(argv: list[str] | None, description: str) -> argparse.Namespac
         help="one epoch of two batches per split, then stop; writes nothing",
     )
     args = p.parse_args(argv)
+    if args.log_model and args.tracker == "none":
+        p.error("--log-model stores best.pt in a tracker: add --tracker mlflow or --tracker wandb")
     if args.dry_run:
         args.max_epochs = 1
     return args

@@ -114,6 +114,10 @@ def outcome() -> str:
     return "stopped" if isinstance(err, (Stopped, KeyboardInterrupt)) else "failed"
 
 
+# Flags that say how a start began, not what it trains: no tag when a resumed start changes them.
+HOW_IT_STARTED = {"resume", "run_name"}
+
+
 class MLflow:
     """One MLflow run, through MlflowClient (no global active run)."""
 
@@ -129,8 +133,11 @@ class MLflow:
 
     @staticmethod
     def advice(args: argparse.Namespace) -> str:
-        if os.environ.get("MLFLOW_TRACKING_URI"):
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if uri and urlparse(uri).scheme in ("http", "https"):
             return "Start the server or correct MLFLOW_TRACKING_URI"
+        if uri:
+            return "Correct MLFLOW_TRACKING_URI"
         return "Check that store (or move it away to start a new one)"
 
     def __init__(self, mlflow: object, args: argparse.Namespace, earlier: str | None, say: Say):
@@ -146,6 +153,12 @@ class MLflow:
             logging.getLogger(name).setLevel(logging.WARNING)
         local, artifacts = local_store(args.runs_dir)
         uri = os.environ.get("MLFLOW_TRACKING_URI") or local
+        if urlparse(uri).scheme in ("", "file"):  # MLflow 3 refuses it, in 600 characters
+            raise SetupError(
+                f"--tracker mlflow: MLFLOW_TRACKING_URI={uri} is a directory store, which MLflow"
+                " no longer takes: give a database (sqlite:///path/to/mlflow.db) or a server"
+                " (http://host:5000), or unset it for runs/mlflow.db"
+            )
         self.client = mlflow.MlflowClient(tracking_uri=uri)
         run = self.find(earlier, say)
         if run is None:
@@ -161,8 +174,11 @@ class MLflow:
             tags = [
                 RunTag(f"resumed.{p.key}", p.value)
                 for p in params
-                if run.data.params.get(p.key, p.value) != p.value
-                or f"resumed.{p.key}" in run.data.tags
+                if p.key not in HOW_IT_STARTED
+                and (
+                    run.data.params.get(p.key, p.value) != p.value
+                    or f"resumed.{p.key}" in run.data.tags
+                )
             ]
             for i in range(0, max(len(new), len(tags)), 100):  # at most 100 of each per request
                 self.client.log_batch(self.id, params=new[i : i + 100], tags=tags[i : i + 100])

@@ -103,7 +103,7 @@ def test_mlflow_gets_each_epoch_the_settings_and_best_pt_and_resume_goes_on(
     assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
     assert (again.data.params["max_epochs"], again.data.params["lr"]) == ("2", "0.001")
     tags = {k: v for k, v in again.data.tags.items() if k.startswith("resumed.")}
-    assert tags == {"resumed.max_epochs": "4", "resumed.lr": "0.001", "resumed.resume": ""}
+    assert tags == {"resumed.max_epochs": "4", "resumed.lr": "0.001"}
     assert [row["epoch"] for row in read_rows(run_dir / "metrics.csv")] == [1, 2, 3, 4]
     assert_mlflow_shows_the_csv(client, again, run_dir)
     assert len(client.search_runs([run.info.experiment_id])) == 1
@@ -258,6 +258,28 @@ def test_a_tracker_not_installed_is_one_line_before_training(
     )
     assert "epoch 1/1" not in captured.out
     assert not run_dir.exists()
+
+
+def test_a_directory_store_and_log_model_alone_are_one_line(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    pytest.importorskip("mlflow", reason="no mlflow extra: pip install -e '.[mlflow]'")
+    run_dir = tmp_path / "runs" / "run-1"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", str(tmp_path / "mlruns"))  # MLflow 2's habit
+    assert train(tiny_data, run_dir, "--tracker", "mlflow", "--num-workers", "0") == 1
+    assert capsys.readouterr().err == (
+        f"error: --tracker mlflow: MLFLOW_TRACKING_URI={tmp_path / 'mlruns'} is a directory"
+        " store, which MLflow no longer takes: give a database (sqlite:///path/to/mlflow.db) or"
+        " a server (http://host:5000), or unset it for runs/mlflow.db\n"
+    )
+    assert not run_dir.exists() and not (tmp_path / "mlruns").exists()
+
+    with pytest.raises(SystemExit) as exited:
+        train(tiny_data, run_dir, "--log-model")  # (train() passes --tracker none)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        "error: --log-model stores best.pt in a tracker: add --tracker mlflow or --tracker wandb\n"
+    )
 
 
 def test_a_tracker_that_fails_during_the_run_is_a_warning_and_training_goes_on(
