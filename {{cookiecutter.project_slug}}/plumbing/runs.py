@@ -120,8 +120,7 @@ def only_what_a_run_writes(run_dir: Path) -> bool:
                 return False
         elif not (
             path.name in ("settings.json", "tracker.json")
-            or path.name == "wandb"
-            and path.is_dir()  # --tracker wandb's files of its run
+            or (path.name == "wandb" and path.is_dir())  # --tracker wandb's files of its run
             or path.name.startswith(("events.out.tfevents.", ".last.pt.", ".best.pt."))
         ):
             return False

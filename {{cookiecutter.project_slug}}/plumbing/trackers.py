@@ -36,6 +36,8 @@ def start(args: argparse.Namespace, say: Say) -> "MLflow | WandB | None":
     """On rank 0, the tracker run of args.run_dir, started or continued; None for --tracker
     none, --dry-run (which only checks that the package is there) and the other ranks. A
     tracker that cannot be used fails every rank, in one line from rank 0."""
+    if args.tracker == "none":  # (the same on every rank: no need to ask rank 0)
+        return None
     tracker, problem = None, None
     if distributed.rank() == 0:
         try:
@@ -49,8 +51,6 @@ def start(args: argparse.Namespace, say: Say) -> "MLflow | WandB | None":
 
 
 def open_run(args: argparse.Namespace, say: Say) -> "MLflow | WandB | None":
-    if args.tracker == "none":
-        return None
     module = load(args.tracker)
     if args.dry_run:
         return None
