@@ -41,15 +41,15 @@ def bake(out: Path) -> Path:
 # pytorch_script.py, saying on stderr when its first training batch is ready
 FIRST_BATCH = """
 import runpy, sys
-from plumbing import loader
-iterate = loader.Batches.__iter__
+from plumbing import training
+iterate = training.Pass.__iter__
 def first_said(self):
     for batch in iterate(self):
-        if not loader.said:
-            loader.said = True
+        if not training.said:
+            training.said = True
             print(MARK, file=sys.stderr, flush=True)
         yield batch
-loader.said, loader.Batches.__iter__ = False, first_said
+training.said, training.Pass.__iter__ = False, first_said
 sys.argv = ["pytorch_script.py", *sys.argv[1:]]
 runpy.run_path("pytorch_script.py", run_name="__main__")
 """

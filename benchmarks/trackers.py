@@ -26,15 +26,16 @@ ROOT = Path(__file__).resolve().parents[1]
 # Run in the project: open a tracker as pytorch_script.py does, log 100 epochs, end the run.
 MEASURE = """
 import json, sys, time
-from plumbing import cli, trackers  # and torch, which a run has imported by then
+import torch
+from plumbing import cli, facts, trackers  # and torch, which a run has imported by then
 started = time.perf_counter()
-args = cli.training_args(sys.argv[2:], "")
-args.run_dir = args.runs_dir / args.run_name
-args.run_dir.mkdir(parents=True)
-args.input_shape, args.num_classes, args.data_digest = (3, 32, 32), 10, "0" * 16
-tracker = trackers.start(args, lambda line: None)
+settings = cli.training_settings(sys.argv[2:], "")
+run_dir = settings.runs_dir / settings.run_name
+run_dir.mkdir(parents=True)
+found = facts.Facts(torch.device("cpu"), (3, 32, 32), 10, "0" * 16, run_dir)
+tracker = trackers.start(settings, found, lambda line: None)
 opened = time.perf_counter()
-row = {"train_loss": 0.5, "val_loss": 0.4, "val_accuracy": 0.9, "data_wait": 0.1}
+row = {"train_loss": 0.5, "val_loss": 0.4, "val_accuracy": 0.9, "lr": 0.001, "data_wait": 0.1}
 epochs = []
 for epoch in range(1, 101):
     t = time.perf_counter()

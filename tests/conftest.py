@@ -52,8 +52,8 @@ def defaults(project: Path) -> dict:
     """The command-line defaults of the baked scripts, read in a fresh Python."""
     code = (
         "import json, make_sample_data\n"
-        "from plumbing.cli import training_args\n"
-        "a = vars(training_args([], '')) | vars(make_sample_data.parse_args([]))\n"
+        "from plumbing.cli import training_settings\n"
+        "a = training_settings([], '').flags() | vars(make_sample_data.parse_args([]))\n"
         "a['shape'] = list(a['shape'])\n"
         "print(json.dumps(a, default=str))"
     )

@@ -14,30 +14,38 @@ from plumbing import metrics, runs
 from plumbing.cli import parser
 from plumbing.files import atomic_write
 
+NOT_DRAWN = ("epoch", "lr", "data_wait")  # metrics.csv's columns that are not metrics
+
 
 def plot(curves: dict[str, dict[str, list[float]]], title: str, out: Path) -> None:
-    """Loss (training and validation) beside validation accuracy, per epoch, for each run."""
+    """The losses (each *loss column: training solid, validation dashed) beside the other
+    metrics (validation accuracy, or what you log), per epoch, for each run."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed, on a cluster node or in CI
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    figure, (loss, accuracy) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
-    for name, run in curves.items():
+    figure, (loss, scores) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    for i, (name, run) in enumerate(curves.items()):
         label = f"{name}: " if len(curves) > 1 else ""
-        (line,) = loss.plot(run["epoch"], run["train_loss"], marker=".", label=f"{label}training")
-        loss.plot(
-            run["epoch"], run["val_loss"], marker=".", linestyle="--", color=line.get_color(),
-            label=f"{label}validation",
-        )  # fmt: skip
-        accuracy.plot(run["epoch"], run["val_accuracy"], marker=".", label=name)
+        others = [c for c in run if c not in NOT_DRAWN and not c.endswith("loss")]
+        for column in run:
+            if column in NOT_DRAWN:
+                continue
+            if column.endswith("loss"):  # training solid, validation dashed
+                axes, style = loss, "--" if column.startswith("val_") else "-"
+            else:
+                axes, style = scores, ["-", ":", "-.", "--"][others.index(column) % 4]
+            axes.plot(
+                run["epoch"], run[column], marker=".", linestyle=style, color=f"C{i}",
+                label=f"{label}{column}",
+            )  # fmt: skip
     loss.set(xlabel="epoch", ylabel="loss", title="Loss")
-    loss.legend()
-    accuracy.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02), title="Validation accuracy")
-    if len(curves) > 1:
-        accuracy.legend()
-    for axes in (loss, accuracy):
+    scores.set(xlabel="epoch", title="Validation")
+    for axes in (loss, scores):
+        if axes.lines:
+            axes.legend()
         axes.grid(alpha=0.3)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     figure.suptitle(title)

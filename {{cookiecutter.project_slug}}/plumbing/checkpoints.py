@@ -1,32 +1,40 @@
 """last.pt and best.pt: what they hold, how they are written, and how a run resumes from one.
 
-They hold tensors and plain types only, so that torch.load(path, weights_only=True) loads them:
+A run's state is a dict of named objects, each with state_dict() and load_state_dict(), as
+torch.distributed.checkpoint's Stateful protocol has them: the model, the optimizer, the
+gradient scaler, and whatever you add in pytorch_script.py (a scheduler, an EMA model, an
+early-stopping counter, an object of your own). A checkpoint holds each one's state_dict()
+under its name, beside what the run keeps (META): tensors and plain types only, so that
+torch.load(path, weights_only=True) loads it:
 
     checkpoint = torch.load("runs/run-1/best.pt", weights_only=True)
     model = build_model(tuple(checkpoint["input_shape"]), checkpoint["num_classes"])
     model.load_state_dict(checkpoint["model"])
 """
 
-import argparse
+import dataclasses
 import io
-import random
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from plumbing.distributed import from_rank_0, rank, unwrapped
-from plumbing.errors import CheckpointError, load_error, write_error
+from plumbing.cli import Settings
+from plumbing.data import index_of
+from plumbing.distributed import once, rank, unwrapped, world_size
+from plumbing.errors import CheckpointError, SetupError, load_error, write_error
+from plumbing.facts import Facts
 from plumbing.files import atomic_write
+from plumbing.seeding import rng_states, set_rng_states
 
-KEYS = (
-    "model",  # the model's state_dict
-    "model_class",  # the name of the model's class, to say so when another model would load it
-    "optimizer",
-    "scaler",  # the gradient scaler of --amp on CUDA
+META = (
+    "state",  # the names of the state's entries, each saved under its name
+    "classes",  # the class of each entry, to say so when another one would load it
+    "model_class",  # the model's class (that of the entry "model")
+    "grads",  # gradients not yet stepped (accumulated over batches), of each model; or None
     "epoch",  # the last complete epoch
     "best_score",  # the best score so far, which chose best.pt
     "rng",  # the random generators of the training process
@@ -35,10 +43,39 @@ KEYS = (
     "settings",  # what a run resumed from it must share with it: --batch-size, the data
     "inside",  # where training stopped inside the next epoch (a signal), or None
 )
-NEW_IN_0_4 = ("settings", "inside")  # what checkpoints of template 0.3 lack, and still load
+# What checkpoints of template 0.4 held, besides these: the model, optimizer and scaler.
+BEFORE_0_5 = ("model", "optimizer", "scaler")
+REQUIRED = ("model_class", "epoch", "best_score", "rng", "input_shape", "num_classes")
 
 
-@dataclass
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state_dict: dict) -> object: ...
+
+
+State = Mapping[str, Stateful]
+
+
+def check_state(state: State) -> None:
+    """Every entry must be saved and loaded: a state_dict() and a load_state_dict(), and a
+    name of its own."""
+    for name, entry in state.items():
+        if name in META or not isinstance(name, str):
+            raise SetupError(
+                f"state[{name!r}]: that name is the checkpoint's own ({', '.join(META)}):"
+                " give the entry another in pytorch_script.py"
+            )
+        if not (callable(getattr(entry, "state_dict", None))
+                and callable(getattr(entry, "load_state_dict", None))):  # fmt: skip
+            raise SetupError(
+                f"state[{name!r}] is a {type(entry).__name__}, which has no state_dict() and"
+                " load_state_dict() to save it with: give it both (README.md, 'What to change"
+                " where'), or leave it out of the state"
+            )
+
+
+@dataclasses.dataclass
 class Position:
     """Where one rank's training stopped inside an epoch, and the sums of the epoch so far."""
 
@@ -48,6 +85,7 @@ class Position:
     num_samples: int
     rng: dict | None = None  # this rank's random generators there (rng_states)
     loader: dict | None = None  # the place of LitData's loader (streamed data), else None
+    lr: float | None = None  # the learning rate at the epoch's start (metrics.csv's)
 
     def go_on(self, training_generator: torch.utils.data.DataLoader) -> None:
         """Skip the batches trained, without reading them, and draw on as the run would have."""
@@ -60,91 +98,77 @@ class Position:
         set_rng_states(self.rng)
 
 
-def contents(
-    args: argparse.Namespace,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    epoch: int,
-    best_score: float,
-) -> dict:
-    model = unwrapped(model)
-    return {
-        "model": model.state_dict(),
-        "model_class": type(model).__qualname__,
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
+def contents(state: State, settings: Settings, facts: Facts, epoch: int, best_score: float) -> dict:
+    """A checkpoint of state after epoch `epoch`."""
+    entries = {name: unwrapped(entry) for name, entry in state.items()}
+    checkpoint = {name: entry.state_dict() for name, entry in entries.items()}
+    classes = {name: type(entry).__qualname__ for name, entry in entries.items()}
+    return checkpoint | {
+        "state": list(entries),
+        "classes": classes,
+        "model_class": classes.get("model"),
+        "grads": grads(entries),
         "epoch": epoch,
         "best_score": best_score,
         "rng": rng_states(),
-        "input_shape": list(args.input_shape),
-        "num_classes": args.num_classes,
-        "settings": settings(args),
+        "input_shape": list(facts.input_shape),
+        "num_classes": facts.num_classes,
+        "settings": kept(settings, facts),
         "inside": None,
     }
 
 
-def settings(args: argparse.Namespace) -> dict:
+def grads(entries: Mapping[str, Stateful]) -> dict | None:
+    """The gradients of each model's parameters that an optimizer has not stepped yet (none
+    in the template's loop, which frees them after each step: with gradient accumulation, those
+    of the batches since the last step); None if there are none."""
+    found = {
+        name: {key: p.grad for key, p in entry.named_parameters() if p.grad is not None}
+        for name, entry in entries.items()
+        if isinstance(entry, nn.Module)
+    }
+    found = {name: tensors for name, tensors in found.items() if tensors}
+    return found or None
+
+
+def kept(settings: Settings, facts: Facts) -> dict:
     """What a run resumed from the checkpoint must share with the run that saved it."""
     # The order of the samples too: a run resumed inside an epoch skips the ones trained.
-    order = {"seed": args.seed, "shuffle": args.shuffle}
-    return {"batch_size": args.batch_size, "data": args.data_digest, "order": order}
-
-
-def save_epoch(
-    args: argparse.Namespace,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    epoch: int,
-    score: float,
-    best_score: float,
-) -> float:
-    """Save the run's last.pt, and best.pt too when score beats best_score; returns the new
-    best score."""
-    checkpoint = contents(args, model, optimizer, scaler, epoch, max(score, best_score))
-    save(checkpoint, args.run_dir / "last.pt")
-    if score > best_score:
-        save(checkpoint, args.run_dir / "best.pt")
-    return max(score, best_score)
+    order = {"seed": settings.seed, "shuffle": settings.shuffle}
+    return {"batch_size": settings.batch_size, "data": facts.data_digest, "order": order}
 
 
 def save_inside_epoch(
-    args: argparse.Namespace,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    position: Position,
+    state: State,
+    settings: Settings,
+    facts: Facts,
+    where: Position,
     best_score: float,
     training_generator: torch.utils.data.DataLoader,
 ) -> None:
     """Save last.pt where training stopped inside an epoch (on every rank: rank 0 writes what
     each rank has there). best.pt stays: no epoch ended."""
-    getattr(training_generator.dataset, "confirm", lambda: None)()  # as Batches does
-    here = {"loss_sum": position.loss_sum.cpu(), "num_samples": position.num_samples}
+    here = {"loss_sum": where.loss_sum.cpu(), "num_samples": where.num_samples}
     here["rng"] = rng_states()
     # LitData's loader keeps its own place (plain numbers and names); a DataLoader's is batches
     here["loader"] = getattr(training_generator, "state_dict", lambda: None)()
     ranks = [here]
     if dist.is_initialized():  # as bytes: all_gather_object would unpickle tensors unsafely
-        ranks = [None] * dist.get_world_size()
+        ranks = [None] * world_size()
         buffer = io.BytesIO()
         torch.save(here, buffer)
         dist.all_gather_object(ranks, buffer.getvalue())
         ranks = [torch.load(io.BytesIO(state), weights_only=True) for state in ranks]
-    failed = None
-    if args.run_dir is not None and rank() == 0:
-        checkpoint = contents(args, model, optimizer, scaler, position.epoch - 1, best_score)
-        checkpoint["inside"] = {"epoch": position.epoch, "batches": position.batches}
-        checkpoint["inside"]["ranks"] = ranks
-        try:
-            save(checkpoint, args.run_dir / "last.pt")
-        except CheckpointError as err:
-            failed = str(err)
+
+    def write() -> None:
+        checkpoint = contents(state, settings, facts, where.epoch - 1, best_score)
+        checkpoint["inside"] = {"epoch": where.epoch, "batches": where.batches, "ranks": ranks}
+        checkpoint["inside"]["lr"] = where.lr
+        save(checkpoint, facts.run_dir / "last.pt")
+
     # Every rank waits for the save: the first to exit could end the others' job (srun).
-    failed = from_rank_0(failed)
-    if failed:
-        raise CheckpointError(failed)
+    if facts.run_dir is not None:
+        once(write)
 
 
 def save(checkpoint: dict, path: Path) -> None:
@@ -169,11 +193,7 @@ def load(path: Path, device: torch.device) -> dict:
             f"{path} is not a checkpoint this script can load ({load_error(err)}): copy best.pt"
             f" over it to resume from there, or start a new run with another --run-name"
         ) from None
-    missing = [
-        key
-        for key in KEYS
-        if key not in NEW_IN_0_4 and (not isinstance(checkpoint, dict) or key not in checkpoint)
-    ]
+    missing = [key for key in REQUIRED if not isinstance(checkpoint, dict) or key not in checkpoint]
     if missing:
         raise CheckpointError(
             f"{path} is not a checkpoint of pytorch_script.py (it lacks {', '.join(missing)}):"
@@ -182,125 +202,128 @@ def load(path: Path, device: torch.device) -> dict:
     return checkpoint
 
 
-def resume(
-    path: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    args: argparse.Namespace,
+def restore(
+    path: Path, state: State, settings: Settings, facts: Facts
 ) -> tuple[int, float, Position | None]:
-    """Load path into model, optimizer, scaler and the random generators; returns the epoch to
+    """Load path into every entry of state and the random generators; returns the epoch to
     start from, the best score so far, and this rank's Position when the run stopped inside
-    that epoch. This run's --lr applies, as every other flag."""
-    checkpoint = load(path, args.device)
+    that epoch. Refused in one line, with nothing loaded, when it belongs to other data,
+    another --batch-size or other entries than state's."""
+    checkpoint = load(path, facts.device)
+    new = "start a new run (--run-name)"
     saved_for = (tuple(checkpoint["input_shape"]), checkpoint["num_classes"])
-    if saved_for != (args.input_shape, args.num_classes):
+    if saved_for != (facts.input_shape, facts.num_classes):
         raise CheckpointError(
             f"{path} was saved for samples of shape {saved_for[0]} in {saved_for[1]} classes;"
-            f" the data has shape {args.input_shape} in {args.num_classes}: start a new run"
-            " (--run-name)"
+            f" the data has shape {facts.input_shape} in {facts.num_classes}: {new}"
         )
-    saved_with = checkpoint.get("settings") or settings(args)  # older checkpoints: not known
-    if saved_with["batch_size"] != args.batch_size:
+    saved_with = checkpoint.get("settings") or kept(settings, facts)  # 0.3: not known
+    if saved_with["batch_size"] != settings.batch_size:
         raise CheckpointError(
             f"{path} was saved with --batch-size {saved_with['batch_size']}, this run has"
-            f" {args.batch_size}: resume with --batch-size {saved_with['batch_size']}, or start"
-            " a new run (--run-name)"
+            f" {settings.batch_size}: resume with --batch-size {saved_with['batch_size']}, or"
+            f" {new}"
         )
-    if saved_with["data"] != args.data_digest:
+    if saved_with["data"] != facts.data_digest:
         raise CheckpointError(
-            f"{path} was saved on other data: {index_of(args.data_dir)} or labels.json"
-            " changed since; put them back, or start a new run (--run-name)"
+            f"{path} was saved on other data: {index_of(settings.data_dir)} or labels.json"
+            f" changed since; put them back, or {new}"
         )
-    if checkpoint["model_class"] != type(model).__qualname__:
-        raise CheckpointError(
-            f"{path} was written by the model {checkpoint['model_class']}, this run builds"
-            f" {type(model).__qualname__}: start a new run (--run-name)"
-        )
-    mismatch = differing_keys(model.state_dict(), checkpoint["model"])
-    if mismatch:
-        raise CheckpointError(
-            f"{path} does not fit this {type(model).__qualname__} ({mismatch}): start a new run"
-            " (--run-name)"
-        )
-    lrs = [group["lr"] for group in optimizer.param_groups]
+    entries = {name: unwrapped(entry) for name, entry in state.items()}
+    check_entries(path, checkpoint, entries)
     try:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
-    except (RuntimeError, ValueError, KeyError) as err:
+        for name, entry in entries.items():
+            entry.load_state_dict(checkpoint[name])
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
         reason = str(err).strip().splitlines()[-1].strip()[:200]
         raise CheckpointError(
-            f"{path} was saved with another optimizer or --amp ({reason}): start a new run"
-            " (--run-name)"
+            f"{path}: its {name!r} does not load into this run's {type(entry).__qualname__}"
+            f" ({reason}): {new}"
         ) from None
-    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
-        group["lr"] = lr
+    for name, tensors in (checkpoint.get("grads") or {}).items():
+        for key, parameter in entries[name].named_parameters():
+            parameter.grad = tensors.get(key)
+    if "lr" in settings.given:  # this command's --lr, over the one the optimizer saved
+        for entry in entries.values():
+            for group in getattr(entry, "param_groups", []):
+                group["lr"] = settings.lr
     set_rng_states(checkpoint["rng"])
-    return checkpoint["epoch"] + 1, checkpoint["best_score"], position(path, checkpoint, args)
+    inside = position(path, checkpoint, settings, facts)
+    return checkpoint["epoch"] + 1, checkpoint["best_score"], inside
 
 
-def position(path: Path, checkpoint: dict, args: argparse.Namespace) -> Position | None:
+def check_entries(path: Path, checkpoint: dict, entries: Mapping[str, Stateful]) -> None:
+    """The entries of the checkpoint are the state's, of the same classes, and each model's
+    parameters have the same names and shapes."""
+    saved = checkpoint.get("state", BEFORE_0_5)
+    classes = checkpoint.get("classes", {"model": checkpoint["model_class"]})
+    if set(saved) != set(entries):
+        added = [name for name in entries if name not in saved]
+        gone = [name for name in saved if name not in entries]
+        differ = "; ".join(
+            f"{what} {', '.join(map(repr, names))}"
+            for what, names in (("this run adds", added), ("it has no", gone))
+            if names
+        )
+        raise CheckpointError(
+            f"{path} holds the entries {', '.join(saved)}, this run's state"
+            f" {', '.join(entries)} ({differ}): resume with the state it"
+            " was saved with, or start a new run (--run-name)"
+        )
+    for name, entry in entries.items():
+        if classes.get(name, type(entry).__qualname__) != type(entry).__qualname__:
+            what = "the model" if name == "model" else f"{name!r} of class"
+            raise CheckpointError(
+                f"{path} was written by {what} {classes[name]}, this run builds"
+                f" {type(entry).__qualname__}: start a new run (--run-name)"
+            )
+        if isinstance(entry, nn.Module):
+            mismatch = differing_keys(entry.state_dict(), checkpoint[name])
+            if mismatch:
+                of = "" if name == "model" else f" {name!r}"
+                raise CheckpointError(
+                    f"{path} does not fit this{of} {type(entry).__qualname__} ({mismatch}):"
+                    " start a new run (--run-name)"
+                )
+
+
+def position(path: Path, checkpoint: dict, settings: Settings, facts: Facts) -> Position | None:
     """This rank's Position in a checkpoint saved inside an epoch; None for one saved at its end."""
     inside = checkpoint.get("inside")
     if not inside:
         return None
-    order = checkpoint["settings"].get("order", settings(args)["order"])
-    if order != settings(args)["order"]:
+    order = checkpoint["settings"].get("order", kept(settings, facts)["order"])
+    if order != kept(settings, facts)["order"]:
         flags = f"--seed {order['seed']} --{'' if order['shuffle'] else 'no-'}shuffle"
         raise CheckpointError(
             f"{path} was saved inside epoch {inside['epoch']} of a run with {flags}, whose"
             f" order of samples it goes on in: resume with {flags}, or start a new run"
             " (--run-name)"
         )
-    world_size = dist.get_world_size() if dist.is_initialized() else 1
-    if len(inside["ranks"]) != world_size:
+    if len(inside["ranks"]) != world_size():
         raise CheckpointError(
             f"{path} was saved inside epoch {inside['epoch']} by {len(inside['ranks'])}"
-            f" processes, this run has {world_size}: resume with as many (torchrun"
+            f" processes, this run has {world_size()}: resume with as many (torchrun"
             " --nproc_per_node), or start a new run (--run-name)"
         )
     mine = inside["ranks"][rank()]
     return Position(
         inside["epoch"], inside["batches"], mine["loss_sum"], mine["num_samples"], mine["rng"],
-        mine.get("loader"),
+        mine.get("loader"), inside.get("lr"),
     )  # fmt: skip
-
-
-def index_of(data_dir: Path | str) -> str:
-    """data_dir's partition.json; a stream's is in URL/index (plumbing/stream.py)."""
-    if isinstance(data_dir, Path) and not (data_dir / "index").is_dir():
-        return str(data_dir / "partition.json")
-    return f"{data_dir}/index: its partition.json"
 
 
 def differing_keys(expected: dict, saved: dict, show: int = 3) -> str:
     """The parameters that differ in name or shape, the first few and their count; '' if none."""
     differ = sorted(
         set(expected) ^ set(saved)
-        | {k for k in set(expected) & set(saved) if expected[k].shape != saved[k].shape}
+        | {
+            k
+            for k in set(expected) & set(saved)
+            if getattr(expected[k], "shape", None) != getattr(saved[k], "shape", None)
+        }
     )
     if not differ:
         return ""
     more = ", ..." if len(differ) > show else ""
     return f"{len(differ)} parameters differ in name or shape: {', '.join(differ[:show])}{more}"
-
-
-def rng_states() -> dict:
-    """This process's random generators, as tensors and plain types that weights_only loads."""
-    kind, keys, position, has_gauss, gauss = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": [kind, torch.from_numpy(keys.copy()), position, has_gauss, gauss],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_states(states: dict) -> None:
-    random.setstate(states["python"])
-    kind, keys, position, has_gauss, gauss = states["numpy"]
-    np.random.set_state((kind, keys.numpy(), position, has_gauss, gauss))
-    torch.set_rng_state(states["torch"].cpu())
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])

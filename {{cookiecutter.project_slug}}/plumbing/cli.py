@@ -1,11 +1,17 @@
 """The command line of pytorch_script.py, with the defaults you chose when generating the
-project, and the number parsers every script shares."""
+project, parsed once into Settings; and the number parsers every script shares."""
 
 import argparse
+import dataclasses
 import math
 from pathlib import Path
 
+import torch
+
+from plumbing.data import location
 from plumbing.distributed import get_device
+from plumbing.errors import SetupError
+from plumbing.files import is_plain_name
 
 PROJECT = "{{ cookiecutter.project_slug }}"  # the experiment's name in a tracker (--tracker)
 TEMPLATE_VERSION = "{{ cookiecutter._template_version }}"  # the template this project came from
@@ -59,9 +65,13 @@ def shape(text: str) -> tuple[int, ...]:
     return numbers
 
 
-def data_location(text: str) -> Path | str:
-    """A directory, or a URL as it is (s3://bucket/data: a Path would make it s3:/bucket/data)."""
-    return text if "://" in text else Path(text)
+def run_name(text: str) -> str:
+    """A run's name: a directory of --runs-dir, never a path out of it or into another run."""
+    if not is_plain_name(text) or text.startswith("-"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a run name: give a plain name, without / or \\ (e.g. lr-0.01)"
+        )
+    return text
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -71,11 +81,69 @@ def parser(description: str) -> argparse.ArgumentParser:
     )
 
 
-def training_args(argv: list[str] | None, description: str) -> argparse.Namespace:
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """pytorch_script.py's flags, parsed once; given: those this command line gave (the others
+    have their defaults, or a resumed run's values: plumbing/runs.py)."""
+
+    data_dir: Path | str
+    batch_size: int
+    shuffle: bool
+    num_workers: int
+    prefetch_factor: int
+    loader_timeout: float
+    data_format: str
+    max_epochs: int
+    lr: float
+    num_classes: int | None
+    seed: int
+    device: torch.device
+    cudnn_benchmark: bool
+    runs_dir: Path
+    run_name: str | None
+    resume: str | None
+    tensorboard: bool
+    tracker: str
+    log_model: bool
+    amp: bool
+    dry_run: bool
+    given: frozenset[str] = frozenset()
+
+    def flags(self) -> dict[str, object]:
+        """The flags as JSON values (paths and the device as text), as settings.json has them."""
+        return {
+            field.name: value if isinstance(value, (bool, int, float, type(None))) else str(value)
+            for field in dataclasses.fields(self)
+            if field.name != "given"
+            for value in [getattr(self, field.name)]
+        }
+
+
+def training_settings(argv: list[str] | None, description: str) -> Settings:
+    """The command line as Settings; an error in it exits (status 2), as argparse does."""
+    p = training_parser(description)
+    args = p.parse_args(argv)
+    # The flags this command line gives: parsed again, with every default left out.
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    given = frozenset(vars(p.parse_args(argv)))
+    return Settings(**vars(args), given=given)
+
+
+def check(settings: Settings) -> Settings:
+    """settings, once complete (a resumed run's values included): --dry-run trains one epoch."""
+    if settings.log_model and settings.tracker == "none":
+        raise SetupError(
+            "--log-model stores best.pt in a tracker: add --tracker mlflow or --tracker wandb"
+        )
+    return dataclasses.replace(settings, max_epochs=1) if settings.dry_run else settings
+
+
+def training_parser(description: str) -> argparse.ArgumentParser:
     p = parser(description)
     p.add_argument(
         "--data-dir",
-        type=data_location,
+        type=location,
         default=Path("data"),
         help="holds <ID>.pt, partition.json and labels.json; with --data-format stream, the"
         " stream's directory or URL (s3://bucket/data)",
@@ -108,7 +176,7 @@ def training_args(argv: list[str] | None, description: str) -> argparse.Namespac
     p.add_argument(
         "--loader-timeout",
         type=seconds,
-        default=0,
+        default=0.0,
         help="seconds to wait for one batch (the first includes starting the workers) before"
         " failing, rather than hang on a stalled network file system; 0 waits for ever",
     )
@@ -153,12 +221,14 @@ def training_args(argv: list[str] | None, description: str) -> argparse.Namespac
     )
     p.add_argument(
         "--run-name",
+        type=run_name,
         help="this run's directory in --runs-dir; default: the next run-N",
     )
     p.add_argument(
         "--resume",
         nargs="?",
         const="",
+        type=lambda text: text and run_name(text),  # '' (--resume alone): the latest run
         metavar="RUN",
         help="go on from RUN's last.pt (default: the latest run, or --run-name);"
         " with no such run yet, start it: a requeued job can always pass --resume",
@@ -192,9 +262,4 @@ def training_args(argv: list[str] | None, description: str) -> argparse.Namespac
         action="store_true",
         help="one epoch of two batches per split, then stop; writes nothing",
     )
-    args = p.parse_args(argv)
-    if args.log_model and args.tracker == "none":
-        p.error("--log-model stores best.pt in a tracker: add --tracker mlflow or --tracker wandb")
-    if args.dry_run:
-        args.max_epochs = 1
-    return args
+    return p

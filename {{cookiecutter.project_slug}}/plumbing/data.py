@@ -12,9 +12,27 @@ import torch
 
 from plumbing import distributed
 from plumbing.errors import DataError, load_error
+from plumbing.files import is_plain_name
 from plumbing.index import Labels, StringArray, plain_index
 
 SPLITS = ("train", "validation")
+
+
+def is_url(location: str | Path) -> bool:
+    """Whether --data-dir names object storage (s3://bucket/data), not a directory."""
+    return "://" in str(location)
+
+
+def location(text: str) -> Path | str:
+    """A directory, or a URL as it is (a Path would make s3://bucket/data s3:/bucket/data)."""
+    return text if is_url(text) else Path(text)
+
+
+def index_of(data_dir: Path | str) -> str:
+    """Where data_dir's partition.json is: a stream's is in URL/index (plumbing/stream.py)."""
+    if not is_url(data_dir) and not (Path(data_dir) / "index").is_dir():
+        return str(Path(data_dir) / "partition.json")
+    return f"{data_dir}/index: its partition.json"
 
 
 def labels_of(list_IDs: Sequence[str], labels: Mapping[str, int]) -> np.ndarray:
@@ -97,7 +115,7 @@ def _checked(
         if not isinstance(IDs, list) or not IDs:
             raise DataError(f"{where}: {split!r} must be a non-empty list of sample IDs")
         for ID in IDs:
-            if not isinstance(ID, str) or not _is_plain_name(ID):
+            if not isinstance(ID, str) or not is_plain_name(ID):
                 raise DataError(
                     f"{where}: {split!r} holds the ID {ID!r}; an ID must be a string, a file"
                     " name without directories, so that data/<ID>.pt stays inside data/"
@@ -171,11 +189,3 @@ def _parse(path: Path) -> object:
         ) from None
     except ValueError as err:  # not UTF-8, not JSON, a number of over 4,300 digits
         raise DataError(f"{path}: not valid JSON ({err})") from None
-
-
-def _is_plain_name(ID: str) -> bool:
-    try:
-        ID.encode("utf-8")  # a lone surrogate (\ud800 in JSON) is a str, but no file name
-    except UnicodeEncodeError:
-        return False
-    return ID not in ("", ".", "..") and "/" not in ID and "\\" not in ID and "\0" not in ID

@@ -3,7 +3,7 @@ told its rank in environment variables. Without torchrun, one process of rank 0.
 
 import argparse
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import torch
@@ -36,7 +36,18 @@ def get_device(name: str) -> torch.device:
 
 
 def rank() -> int:
+    """This process's rank: 0 without torchrun."""
     return int(os.environ.get("RANK", 0))
+
+
+def world_size() -> int:
+    """How many processes train together: 1 without torchrun."""
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def local_world_size() -> int:
+    """How many of them run on this machine (they share its CPUs)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", 1))
 
 
 def say(text: str) -> None:
@@ -71,32 +82,24 @@ def parallel(model: nn.Module) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model) if dist.is_initialized() else model
 
 
-def unwrapped(model: nn.Module) -> nn.Module:
+def unwrapped(module: nn.Module) -> nn.Module:
     """The user's model, inside DistributedDataParallel or not: what a checkpoint holds."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
 
 
-def all_sum(values: list[float], device: torch.device) -> list[float]:
-    """Each value summed over all ranks; the values as they are without torchrun."""
-    if not dist.is_initialized():
-        return values
-    summed = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(summed)
+def all_sum(values: Sequence[float | torch.Tensor], device: torch.device) -> list[float]:
+    """Each value (a number, or a tensor of one number on the device) summed over all ranks, as
+    numbers: one wait for the device, however many values."""
+    summed = torch.stack([torch.as_tensor(v, device=device).double() for v in values])
+    if dist.is_initialized():
+        dist.all_reduce(summed)
     return summed.tolist()
 
 
-def from_rank_0(value: object) -> object:
-    """Rank 0's value on every rank (what rank 0 decided: a run's name, say)."""
-    if not dist.is_initialized():
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def once(function: Callable[..., T], *args: object) -> T:
-    """function(*args) on rank 0 only, and its result, or its error, on every rank: work that
-    reads the data's index is done once per job, not once per rank."""
+    """function(*args) on rank 0 only, and its result, or its error, on every rank: what reads
+    the data's index, chooses the run's directory or reaches a server is done once per job, and
+    rank 0's decision is every rank's."""
     if not dist.is_initialized():
         return function(*args)
     result = None
@@ -105,21 +108,12 @@ def once(function: Callable[..., T], *args: object) -> T:
             result = function(*args)
         except BaseException as err:  # raised on every rank, below (Ctrl-C, a time-out too)
             result = err
-    result = from_rank_0(result)
-    if isinstance(result, BaseException):
-        raise on_every_rank(result)
-    return result
+    box = [result]
+    dist.broadcast_object_list(box, src=0)
+    if isinstance(box[0], BaseException):
+        raise on_every_rank(box[0])
+    return box[0]
 
 
 def ranks_note() -> str:
-    ranks = dist.get_world_size() if dist.is_initialized() else 1
-    return f" on each of {ranks} ranks" if ranks > 1 else ""
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", 1))
-
-
-def share(sampler: torch.utils.data.DistributedSampler) -> int:
-    """How many samples are this rank's own, without the repeats that pad its share."""
-    return len(range(sampler.rank, len(sampler.dataset), sampler.num_replicas))
+    return f" on each of {world_size()} ranks" if world_size() > 1 else ""

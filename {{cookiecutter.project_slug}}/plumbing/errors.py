@@ -1,16 +1,9 @@
-"""The errors a run reports in one line, named for what failed, the wording they share, and how
-the script exits."""
+"""The errors a run reports in one line, named for what failed, and the wording they share.
+The bottom of the package: it imports no other module of it (plumbing/exits.py decides what
+each error makes the script print and return)."""
 
-import argparse
-import atexit
-import contextlib
 import errno
-import os
 import shutil
-import sys
-import threading
-import traceback
-from collections.abc import Callable
 from pathlib import Path
 
 
@@ -24,6 +17,38 @@ class CheckpointError(Exception):
 
 class SetupError(Exception):
     """A flag, package or system that cannot do what was asked; the message says what to do."""
+
+
+class LoaderTimeout(BaseException):
+    """No batch within --loader-timeout. A BaseException, as KeyboardInterrupt: it arrives in the
+    middle of a read, and no `except Exception` on the way may take it for a bad file."""
+
+
+class NonFiniteLoss(Exception):
+    """The training loss is NaN or infinite (every rank raises it: on_every_rank)."""
+
+
+class Stopped(Exception):
+    """A signal (SIGTERM, SIGUSR1) stopped training: after a batch, inside epoch `epoch`
+    (batches: how many of it were trained; last.pt holds where), or at the end of epoch `epoch`
+    (batches None)."""
+
+    def __init__(self, signal_name: str, epoch: int, batches: int | None = None) -> None:
+        super().__init__(signal_name, epoch, batches)
+        self.signal_name, self.epoch, self.batches = signal_name, epoch, batches
+
+    def where(self, run_dir: Path | None) -> str:
+        """The line that says where the run stopped and how to go on."""
+        if run_dir is None:
+            return f"stopped by {self.signal_name}: nothing was written (--dry-run)"
+        if self.batches is None:
+            after = f"after epoch {self.epoch}"
+        else:
+            after = f"after batch {self.batches} of epoch {self.epoch}"
+        return (
+            f"stopped by {self.signal_name} {after}: {run_dir / 'last.pt'} holds it;"
+            f" --resume {run_dir.name} goes on from there"
+        )
 
 
 ONE_LINE = (DataError, CheckpointError, SetupError)
@@ -69,73 +94,3 @@ def write_error(path: Path, err: Exception, otherwise: str) -> str:
     except OSError:
         free = ""
     return f"cannot write {path} ({reason}{free}): free some space or {otherwise}"
-
-
-def exit_status(run: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> int:
-    """run(args), with every failure of a known cause said in one line: exit status 1, or 130
-    for Ctrl-C, or 75 (RESUMABLE) for a stop on SIGTERM or SIGUSR1. Any other error keeps its
-    traceback, which helps more."""
-    from plumbing import distributed
-    from plumbing.loader import LoaderTimeout, loader_failure
-    from plumbing.metrics import NonFiniteLoss
-    from plumbing.preemption import RESUMABLE, Stopped
-
-    try:
-        try:
-            run(args)
-        finally:  # a run that stopped before it wrote anything leaves no directory
-            run_dir = getattr(args, "run_dir", None)
-            if run_dir is not None and distributed.rank() == 0:  # rank 0 made it
-                for directory in (run_dir, run_dir.parent):
-                    with contextlib.suppress(OSError):  # not empty: it stays
-                        directory.rmdir()
-    except (*ONE_LINE, OSError, RuntimeError, LoaderTimeout, KeyboardInterrupt, Stopped,
-            NonFiniteLoss) as err:  # fmt: skip
-        message = loader_failure(err, args)
-        if isinstance(err, RuntimeError) and message is None:
-            raise
-        # Free the DataLoader workers now: the exception's frames hold them in a reference
-        # cycle, which only the garbage collector would break, 10 s later (torch's shutdown).
-        traceback.clear_frames(err.__traceback__)
-        if isinstance(err, Stopped):  # saved: rank 0 says where
-            if distributed.rank() == 0:
-                print(err.where(getattr(args, "run_dir", None)), file=sys.stderr)
-            # torchrun ends the others' job when one rank exits: all exit at once, all 75
-            distributed.barrier()
-            return RESUMABLE
-        if getattr(err, "on_every_rank", False) and not isinstance(err, KeyboardInterrupt):
-            if distributed.rank() == 0:  # one line for all
-                print(f"error: {message or one_line(err)}", file=sys.stderr)
-            return 1
-        who = f" (rank {os.environ['RANK']})" if "RANK" in os.environ else ""
-        if isinstance(err, KeyboardInterrupt):
-            run_dir = getattr(args, "run_dir", None)
-            where = (
-                f"{run_dir / 'last.pt'} holds its last checkpoint, if any; --resume"
-                f" {run_dir.name} goes on from it"
-                if run_dir
-                else "nothing was written"
-            )
-            print(f"interrupted{who}: {where}", file=sys.stderr)
-            return 130
-        print(f"error{who}: {message or one_line(err)}", file=sys.stderr)
-        return 1
-    finally:
-        distributed.teardown()
-    return 0
-
-
-def exit_now(status: int) -> None:
-    """sys.exit(status); but after a stop on a signal (RESUMABLE), without tearing down the
-    modules, atexit handlers included: torch's teardown takes most of a second, which a
-    preempted job may not have (and gloo's sometimes aborts). A thread that is not a daemon
-    still gets its usual wait."""
-    from plumbing.preemption import RESUMABLE
-
-    others = [t for t in threading.enumerate() if t is not threading.main_thread()]
-    if status != RESUMABLE or any(not t.daemon for t in others):
-        sys.exit(status)
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)

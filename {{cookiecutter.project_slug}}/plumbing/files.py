@@ -1,5 +1,6 @@
-"""Writes that never leave half a file: a crash, a full disk or Ctrl-C at any moment leaves the
-previous file or the new one, whole, and no litter."""
+"""Files and their names: writes that never leave half a file (a crash, a full disk or Ctrl-C at
+any moment leaves the previous file or the new one, whole, and no litter), and names that stay
+inside their directory."""
 
 import contextlib
 import os
@@ -47,3 +48,13 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def is_plain_name(name: str) -> bool:
+    """Whether name is a file name without directories (a sample's ID, a run's name), so that
+    a path made from it stays inside its directory."""
+    try:
+        name.encode("utf-8")  # a lone surrogate (\ud800 in JSON) is a str, but no file name
+    except UnicodeEncodeError:
+        return False
+    return name not in ("", ".", "..") and not any(c in name for c in "/\\\0")

@@ -1,27 +1,22 @@
 """The DataLoader arguments, decided here and nowhere else, and what keeps loading safe: worker
 seeds, time-outs, and one line for the failures whose cause is known."""
 
-import argparse
 import contextlib
 import functools
 import math
 import os
-import random
 import shutil
 import signal
 import sys
 import threading
-import time
 from collections.abc import Iterable, Iterator
-from itertools import islice
 from pathlib import Path
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
 from plumbing import distributed, preemption
-from plumbing.errors import DataError, SetupError
+from plumbing.errors import DataError, LoaderTimeout, SetupError
+from plumbing.seeding import epoch_seed, seed_reads
 
 
 def usable_cpus() -> int:
@@ -33,19 +28,19 @@ def usable_cpus() -> int:
 
 def capped_workers(num_workers: int) -> int:
     """At most the CPUs: more only add overhead. Under torchrun a machine's ranks share them."""
-    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    return min(num_workers, usable_cpus() // local_world_size)
+    return min(num_workers, usable_cpus() // distributed.local_world_size())
 
 
 def make(
     dataset: torch.utils.data.Dataset,
     params: dict,
-    args: argparse.Namespace,
+    settings: object,
     device: torch.device,
     **overrides: object,
 ) -> torch.utils.data.DataLoader:
     """DataLoader(dataset, **params), completed: the article's params (batch_size, shuffle,
-    num_workers) plus what makes loading fast and repeatable. overrides: for bench_loader.py,
+    num_workers) plus what makes loading fast and repeatable, from settings (its seed,
+    prefetch_factor and loader_timeout: plumbing.cli.Settings). overrides: for bench_loader.py,
     which also measures settings that training does not vary."""
     num_workers = capped_workers(params["num_workers"])
     if streamed(dataset):  # LitData's loader: its own order, and its place kept in last.pt
@@ -57,30 +52,32 @@ def make(
             shuffle=params["shuffle"],
             num_workers=num_workers,
             pin_memory=device.type == "cuda",
-            prefetch_factor=args.prefetch_factor if num_workers > 0 else None,
-            timeout=args.loader_timeout if num_workers > 0 else 0,
+            prefetch_factor=settings.prefetch_factor if num_workers > 0 else None,
+            timeout=settings.loader_timeout if num_workers > 0 else 0,
         )
-    if num_workers == 0 and args.loader_timeout and not CAN_TIME_READS:
+    if num_workers == 0 and settings.loader_timeout and not CAN_TIME_READS:
         raise SetupError(
             "--loader-timeout without DataLoader workers needs a timer signal, which this system"
             f" lacks: use --num-workers 1 or more ({usable_cpus()} CPUs usable)"
         )
     # Each rank's share under torchrun, in an order that is a function of the seed and epoch.
-    sampler = EpochSampler(dataset, shuffle=params["shuffle"], seed=args.seed)
+    sampler = EpochSampler(dataset, shuffle=params["shuffle"], seed=settings.seed)
     arguments = dict(
         batch_size=params["batch_size"],
         sampler=sampler,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",  # page-locked batches copy to a CUDA device faster
         persistent_workers=num_workers > 0,  # start the workers once, not every epoch
-        prefetch_factor=args.prefetch_factor if num_workers > 0 else None,
+        prefetch_factor=settings.prefetch_factor if num_workers > 0 else None,
         # DataLoader times its workers; with none, Batches times the reads of this process.
-        timeout=args.loader_timeout if num_workers > 0 else 0,
-        generator=torch.Generator().manual_seed(args.seed),
+        timeout=settings.loader_timeout if num_workers > 0 else 0,
+        generator=torch.Generator().manual_seed(settings.seed),
         # PackedDataset hands over whole batches, already stacked.
         collate_fn=getattr(dataset, "collate_fn", None),
         worker_init_fn=(
-            functools.partial(init_worker, args.seed, sampler.shared_epoch, preemption.holding())
+            functools.partial(
+                init_worker, settings.seed, sampler.shared_epoch, preemption.holding()
+            )
             if num_workers > 0
             else None
         ),
@@ -107,11 +104,11 @@ def streamed(dataset: torch.utils.data.Dataset) -> bool:
     return type(dataset).__module__ == "plumbing.stream"
 
 
-def open_stream(args: argparse.Namespace, dataset_class: type) -> tuple[dict, tuple]:
+def open_stream(settings: object, dataset_class: type) -> tuple[dict, tuple]:
     """The labels and the two splits of the stream at --data-dir (plumbing/stream.py)."""
     from plumbing import stream  # LitData, an optional extra: pip install -e ".[stream]"
 
-    return stream.open_splits(args, dataset_class)
+    return stream.open_splits(settings, dataset_class)
 
 
 def set_epoch(generator: torch.utils.data.DataLoader, epoch: int) -> None:
@@ -120,14 +117,6 @@ def set_epoch(generator: torch.utils.data.DataLoader, epoch: int) -> None:
         generator.current_epoch = epoch - 1  # LitData's loader counts one up as it starts
     else:
         generator.sampler.set_epoch(epoch)
-
-
-def share(generator: torch.utils.data.DataLoader) -> int:
-    """How many samples of the generator's are this rank's own, without the repeats that pad
-    its share under torchrun (LitData's loader has none: it drops samples instead)."""
-    if streamed(generator.dataset):
-        return len(generator) * generator.batch_size
-    return distributed.share(generator.sampler)
 
 
 def check_batch_fits(training_generator: torch.utils.data.DataLoader, data_dir: Path) -> None:
@@ -158,30 +147,30 @@ def shape_of(dataset: torch.utils.data.Dataset, timeout: float) -> tuple[int, ..
 def describe(
     training_generator: torch.utils.data.DataLoader,
     validation_generator: torch.utils.data.DataLoader,
-    args: argparse.Namespace,
+    settings: object,
+    facts: object,
 ) -> str:
-    """One line on what the run trains on, and how it loads it."""
+    """One line on what the run trains on, and how it loads it (settings: plumbing.cli's,
+    facts: plumbing.facts')."""
     num_workers = training_generator.num_workers
     note = ""
-    if num_workers < args.num_workers:
-        note = f" (of {args.num_workers} asked: {usable_cpus()} CPUs)"
+    if num_workers < settings.num_workers:
+        note = f" (of {settings.num_workers} asked: {usable_cpus()} CPUs)"
     num_train, num_validation = (len(g.dataset) for g in (training_generator, validation_generator))
     return (
-        f"device {args.device}; {num_train} train and {num_validation} validation"
-        f" samples of shape {args.input_shape}, {args.num_classes} classes; batch_size"
-        f" {args.batch_size}, shuffle {args.shuffle}, num_workers {num_workers}{note}"
+        f"device {facts.device}; {num_train} train and {num_validation} validation"
+        f" samples of shape {facts.input_shape}, {facts.num_classes} classes; batch_size"
+        f" {settings.batch_size}, shuffle {settings.shuffle}, num_workers {num_workers}{note}"
         f"{distributed.ranks_note()}"
     )
 
 
-def data_bound_hint(
-    args: argparse.Namespace, training_generator: torch.utils.data.DataLoader
-) -> str:
+def data_bound_hint(data_dir: Path | str, training_generator: torch.utils.data.DataLoader) -> str:
     """What to try when the run waits for its batches."""
     dataset = training_generator.dataset
     if streamed(dataset):
-        return f"`python bench_loader.py --stream {args.data_dir}` finds faster loader settings."
-    where = "" if args.data_dir == Path("data") else f" --data-dir {args.data_dir}"
+        return f"`python bench_loader.py --stream {data_dir}` finds faster loader settings."
+    where = "" if data_dir == Path("data") else f" --data-dir {data_dir}"
     pack = ""
     if not hasattr(dataset, "collate_fn"):  # not packed yet
         pack = f"; `python pack_data.py{where}` packs the data for batched reads"
@@ -203,6 +192,9 @@ class EpochSampler(torch.utils.data.DistributedSampler):
         )
         self.shared_epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self.start = 0
+        # Every rank the same number of samples, some read twice, as DistributedDataParallel's
+        # training needs (its steps are collective); validation's counts each sample once.
+        self.even = True
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """This epoch's order, from its sample number start on (0: all of it)."""
@@ -224,44 +216,21 @@ class EpochSampler(torch.utils.data.DistributedSampler):
             indices = torch.randperm(len(self.dataset), generator=generator)
         else:
             indices = torch.arange(len(self.dataset))
+        rank = self.rank if rank is None else rank
+        if not self.even:
+            return indices[rank :: self.num_replicas]
         if self.drop_last:
             indices = indices[: self.total_size]
         else:  # repeated from the start to make it evenly divisible, as DistributedSampler
             indices = indices.repeat(math.ceil(self.total_size / len(indices)))[: self.total_size]
-        rank = self.rank if rank is None else rank
         return indices[rank : self.total_size : self.num_replicas]
 
     def __len__(self) -> int:
-        return max(super().__len__() - self.start, 0)  # 0: stopped after the epoch's last batch
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch (the CPU and every GPU), NumPy and random in this process."""
-    seed_reads(seed)
-    torch.manual_seed(seed)  # every GPU's generator as well
-
-
-def seed_reads(seed: int) -> None:
-    """Seed what reading a sample may draw from (random_augmentation, on the CPU): torch's CPU
-    generator, NumPy and random; in about 10 µs, where torch.manual_seed takes 130 µs until
-    CUDA starts (it queues a seeding of every GPU for then): per sample, that adds up."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.default_generator.manual_seed(seed)
-
-
-def epoch_seed(seed: int, epoch: int, part: int) -> int:
-    """The seed of this rank's main process for an epoch (part 0), or of the DataLoader worker
-    that reads a batch (part 1 + the batch's first sample). Ranks and batches draw apart; runs
-    repeat."""
-    key = [seed % 2**63, epoch, distributed.rank(), part]
-    return int(np.random.SeedSequence(key).generate_state(1)[0])
-
-
-def seed_epoch(seed: int, epoch: int) -> None:
-    """Seed this process for an epoch: what it draws (random augmentation with --num-workers 0,
-    dropout) is then a function of the seed, the epoch and the rank, resumed or not."""
-    seed_everything(epoch_seed(seed, epoch, part=0))
+        if self.even:
+            length = super().__len__()
+        else:
+            length = len(range(self.rank, len(self.dataset), self.num_replicas))
+        return max(length - self.start, 0)  # 0: stopped after the epoch's last batch
 
 
 def init_worker(seed: int, epoch: torch.Tensor, holding: torch.Tensor, worker_id: int) -> None:
@@ -293,54 +262,6 @@ def quiet_when_stopped() -> None:
             print_error(exc_type, exc, tb)
 
     sys.excepthook = excepthook
-
-
-class Batches:
-    """The generator's batches (at most max_batches), each read within timeout seconds when
-    this process reads them itself, with a progress bar in a terminal when desc is given.
-    Afterwards, data_wait is the share of the time spent waiting for batches: near 0 the run
-    is compute-bound, near 1 data-bound."""
-
-    def __init__(
-        self,
-        generator: torch.utils.data.DataLoader,
-        timeout: float = 0,
-        max_batches: int | None = None,
-        desc: str | None = None,
-    ) -> None:
-        self.generator, self.max_batches, self.desc = generator, max_batches, desc
-        # DataLoader times its workers; with none, the timer of deadline() times this process.
-        self.timeout = timeout if generator.num_workers == 0 else 0
-        self.data_wait = 0.0
-        self.quiet = None if desc else True  # None: tqdm shows the bar in a terminal only
-
-    def __iter__(self) -> Iterator:
-        batches = islice(self.generator, self.max_batches)
-        if self.timeout:
-            batches = within(batches, self.timeout)
-        total = min(len(self.generator), self.max_batches or len(self.generator))
-        getattr(self.generator.dataset, "begin", lambda: None)()  # the packed copy's check
-        start = ready = None
-        waited = 0.0
-        # The bar appears only in a terminal, when an epoch takes more than two seconds.
-        for batch in tqdm(
-            batches, self.desc, total, leave=False, delay=2, unit="batch", disable=self.quiet
-        ):
-            if start is None:  # from the first batch: starting workers is not waiting for data
-                start = time.perf_counter()
-            else:
-                waited += time.perf_counter() - ready
-            yield batch
-            ready = time.perf_counter()
-        elapsed = time.perf_counter() - start if start else 0.0
-        self.data_wait = waited / elapsed if elapsed else 0.0
-        # The packed copy's check of every file ends before anything of this pass is saved.
-        getattr(self.generator.dataset, "confirm", lambda: None)()
-
-
-class LoaderTimeout(BaseException):
-    """No batch within --loader-timeout. A BaseException, as KeyboardInterrupt: it arrives in the
-    middle of a read, and no `except Exception` on the way may take it for a bad file."""
 
 
 def _expired(signum: int, frame: object) -> None:
@@ -394,26 +315,26 @@ DOWNLOAD_FAILURES = (
 )  # fmt: skip
 
 
-def loader_failure(err: BaseException, args: argparse.Namespace) -> str | None:
-    """What to do about a DataLoader failure that has a known cause; None for any other."""
+def loader_failure(err: BaseException, settings: object, run_dir: Path | None = None) -> str | None:
+    """What to do about a DataLoader failure that has a known cause; None for any other.
+    settings: the run's (its data_dir and loader_timeout)."""
     text = str(err) if isinstance(err, RuntimeError) else ""
     if isinstance(err, LoaderTimeout) or text.startswith("DataLoader timed out"):
         # DataLoader's timeout, with workers, also counts their start
         starting = "" if isinstance(err, LoaderTimeout) else " (starting the workers included)"
         return (
-            f"no batch within --loader-timeout {args.loader_timeout:g} s{starting}: reading a"
-            f" sample from {args.data_dir} hangs (a stalled network file system?); check that"
+            f"no batch within --loader-timeout {settings.loader_timeout:g} s{starting}: reading a"
+            f" sample from {settings.data_dir} hangs (a stalled network file system?); check that"
             " its files read, or raise --loader-timeout"
         )
     if "Chunk prefetch thread crashed" in text:  # LitData's words for a chunk not downloaded
         reason = text.split("Original error: ", 1)[-1].strip().splitlines()[0][:300]
-        run_dir = getattr(args, "run_dir", None)
         saved = ""
         if run_dir is not None and (run_dir / "last.pt").exists():
             saved = f"; --resume {run_dir.name} goes on from its last epoch"
         if reason.split(":")[0] in DOWNLOAD_FAILURES:
             return (
-                f"{args.data_dir}: a chunk of the stream could not be downloaded ({reason}):"
+                f"{settings.data_dir}: a chunk of the stream could not be downloaded ({reason}):"
                 f" check that the server is up and reachable{saved}"
             )
     # torch's words for a worker's batch that did not fit in /dev/shm (but not for a worker

@@ -2,7 +2,6 @@
 memory-mapped arrays per split, read a whole batch at a time. A cache, trusted only while it
 holds what the Dataset would read now."""
 
-import argparse
 import ast
 import contextlib
 import hashlib
@@ -296,15 +295,19 @@ class Verification:
         except Exception as err:  # the check must say why it could not be done
             self.stale = f"{self.data_dir / PACKED} could not be checked ({one_line(err)})"
 
+    def _checked(self) -> bool:
+        return self.thread is None or not self.thread.is_alive()
+
     def confirm(self) -> None:
         if self.confirmed:
             return
         self.start()
         # The other ranks wait in a collective meanwhile: a minute at a time, well within its
         # time-out, however slow the file system.
-        while not distributed.from_rank_0(self.thread is None or not self.thread.is_alive()):
-            self.thread.join(timeout=60)
-        stale = distributed.from_rank_0(self.stale)
+        while not distributed.once(self._checked):
+            if self.thread is not None:  # rank 0's; the others wait for its answer
+                self.thread.join(timeout=60)
+        stale = distributed.once(lambda: self.stale)
         self.confirmed = True
         if stale:
             raise on_every_rank(
@@ -316,7 +319,7 @@ class Verification:
 
 
 def choose(
-    args: argparse.Namespace,
+    settings: object,
     partition: dict[str, Sequence[str]],
     *datasets: torch.utils.data.Dataset,
 ) -> tuple[torch.utils.data.Dataset, ...]:
@@ -326,7 +329,7 @@ def choose(
     Whether it is current is checked on rank 0, from the index, the code and START_CHECKS
     sample files at start; the other files in a thread while training, which stops before
     the first checkpoint if one of them changed (PackedDataset.confirm)."""
-    data_format, data_dir, say = args.data_format, args.data_dir, distributed.say
+    data_format, data_dir, say = settings.data_format, settings.data_dir, distributed.say
     if data_format == "files":
         say(f"data: {data_dir}/<ID>.pt")
         return datasets

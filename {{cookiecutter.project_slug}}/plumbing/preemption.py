@@ -1,13 +1,13 @@
 """SIGTERM and SIGUSR1, as a cluster sends them to preempt a job or before its time limit (and
-Kubernetes to stop a pod), stop a run at the end of the batch it trains: pytorch_script.py then
-saves where it is inside the epoch and exits with RESUMABLE, and --resume goes on from there.
-Under torchrun, every rank stops after the same batch, whichever rank got the signal."""
+Kubernetes to stop a pod), stop a run at the end of the batch it trains: the run then saves
+where it is inside the epoch (plumbing/training.py) and exits with RESUMABLE, and --resume goes
+on from there. Under torchrun, every rank stops after the same batch, whichever rank got the
+signal."""
 
 import functools
 import os
 import signal
 import threading
-from pathlib import Path
 from types import FrameType
 
 import torch
@@ -37,28 +37,6 @@ def spare_worker(holding: torch.Tensor) -> None:
 
     for signum in SIGNALS:
         signal.signal(signum, handler)
-
-
-class Stopped(Exception):
-    """A signal stopped training: after a batch (position: where, inside its epoch; the caller
-    saves it), or at the end of epoch `epoch` (position None: last.pt holds it)."""
-
-    def __init__(self, signal_name: str, epoch: int, position: object = None) -> None:
-        super().__init__(signal_name, epoch)
-        self.signal_name, self.epoch, self.position = signal_name, epoch, position
-
-    def where(self, run_dir: Path | None) -> str:
-        """The line that says where the run stopped and how to go on."""
-        if run_dir is None:
-            return f"stopped by {self.signal_name}: nothing was written (--dry-run)"
-        if self.position is None:
-            after = f"after epoch {self.epoch}"
-        else:
-            after = f"after batch {self.position.batches} of epoch {self.epoch}"
-        return (
-            f"stopped by {self.signal_name} {after}: {run_dir / 'last.pt'} holds it;"
-            f" --resume {run_dir.name} goes on from there"
-        )
 
 
 class StopSignals:

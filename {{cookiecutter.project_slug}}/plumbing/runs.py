@@ -1,82 +1,77 @@
 """One directory per run, runs/<name>/: its metrics.csv, TensorBoard events, last.pt, best.pt
-and settings.json together, so that no run overwrites or appends to another's."""
+and settings.json together, so that no run overwrites or appends to another's; and a resumed
+run's settings, as it was started."""
 
-import argparse
+import dataclasses
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 
-import torch
-from torch import nn
-
-from plumbing import checkpoints, distributed
-from plumbing.cli import data_location
-from plumbing.data import digest
-from plumbing.errors import CheckpointError
+from plumbing import cli, distributed
+from plumbing.errors import CheckpointError, SetupError
 from plumbing.files import atomic_write_text
 
+# Flags that say where and how this start runs, not what the run trains: --resume takes them
+# from its own command line, never from the run's settings.json.
+THIS_START = ("resume", "run_name", "runs_dir", "device", "dry_run")
 
-def start(
-    args: argparse.Namespace,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    say: Callable[[str], None],
-) -> tuple[int, float, checkpoints.Position | None]:
-    """Set args.run_dir (None for --dry-run, which writes nothing) and, with --resume, load its
-    last.pt; returns the first epoch to train, the best score so far, and where training
-    stopped inside that epoch, if it did (a signal)."""
-    if not hasattr(args, "data_digest"):  # set by a stream, whose index is not a local file
-        # checkpoints say which data they were saved on (read by rank 0, as the index is)
-        args.data_digest = distributed.once(digest, args.data_dir)
-    if args.dry_run:
-        args.run_dir = None
-        return 1, float("-inf"), None
-    # Rank 0 chooses (and takes) the directory; under torchrun every other rank follows it.
-    decision = None
-    if distributed.rank() == 0:
-        try:
-            run_dir, resuming = choose(args.runs_dir, args.run_name, args.resume)
-            decision = (str(run_dir), resuming)
-        except CheckpointError as err:
-            decision = str(err)
-    decision = distributed.from_rank_0(decision)
-    if isinstance(decision, str):
-        raise CheckpointError(decision)
-    args.run_dir, resuming = Path(decision[0]), decision[1]
-    if not resuming:
-        nothing = "nothing to resume yet: " if args.resume is not None else ""
-        say(f"{nothing}starting {args.run_dir}")
-        return 1, float("-inf"), None
-    data_dir = started_with(args.run_dir).get("data_dir")
-    if data_dir is not None and data_location(data_dir) != args.data_dir:  # a URL: as it is
-        say(f"warning: {args.run_dir} was started with --data-dir {data_dir}; this run reads"
-            f" {args.data_dir}")  # fmt: skip
-    last = args.run_dir / "last.pt"
-    if not last.exists():  # a rank on another machine, whose --runs-dir is not rank 0's
-        raise CheckpointError(
-            f"{last} not found here, where rank 0 resumes from it: give every machine one"
-            " --runs-dir, on a file system they share"
-        )
-    start_epoch, best_score, inside = checkpoints.resume(last, model, optimizer, scaler, args)
-    if inside:
-        say(f"resuming {args.run_dir} after batch {inside.batches} of epoch {inside.epoch}")
-    else:
-        say(f"resuming {args.run_dir} after epoch {start_epoch - 1}")
-    return start_epoch, best_score, inside
+
+def continued(settings: cli.Settings) -> cli.Settings:
+    """settings, for --resume of a run that has settings.json: the flags of its latest start,
+    with those this command line gives over them (a requeued job that repeats its flags runs
+    as before). --resume without a name is resolved to the run it goes on with."""
+    if settings.resume is None:
+        return settings
+    name = settings.resume or settings.run_name or latest(settings.runs_dir)
+    if not name:
+        return settings
+    settings = dataclasses.replace(settings, resume=name)
+    path = settings.runs_dir / name / "settings.json"
+    if not path.is_file():
+        return settings
+    stored = (starts(path) or [{}])[-1]  # [] for a run whose first start wrote none yet
+    argv = []
+    for action in cli.training_parser("")._actions:
+        value = stored.get(action.dest)
+        if action.dest in THIS_START or action.dest not in stored or value is None:
+            continue
+        flag = action.option_strings[0]
+        if isinstance(value, bool) and action.nargs == 0:  # --amp, --shuffle / --no-shuffle
+            if value or len(action.option_strings) > 1:
+                argv.append(flag if value else action.option_strings[1])
+        else:
+            argv += [flag, str(value)]
+    try:
+        run = cli.training_settings(argv, "")
+    except SystemExit:  # argparse said why, above
+        raise SetupError(
+            f"{path}: the flags of the run's last start no longer parse (argparse's line above):"
+            " correct them there, or give each on the command line"
+        ) from None
+    this = {name: getattr(settings, name) for name in {*settings.given, *THIS_START}}
+    return dataclasses.replace(run, **this, given=settings.given)
+
+
+def open_dir(settings: cli.Settings) -> tuple[Path | None, bool]:
+    """The run's directory (None for --dry-run, which writes nothing), made now by rank 0 so
+    that no other run takes it, and whether to go on from its last.pt; every rank gets rank
+    0's."""
+    if settings.dry_run:
+        return None, False
+    return distributed.once(choose, settings.runs_dir, settings.run_name, settings.resume)
 
 
 def choose(runs_dir: Path, run_name: str | None, resume: str | None) -> tuple[Path, bool]:
-    """The run's directory, made now so that no other run takes it, and whether to go on from
-    its last.pt. resume: None without --resume, '' for the latest run (or --run-name), else
-    the run named."""
+    """The run's directory, made now, and whether to go on from its last.pt. resume: None
+    without --resume, '' for the latest run (or --run-name), else the run named."""
     if resume is not None:
         if resume and run_name and resume != run_name:
             raise CheckpointError(
                 f"--resume {resume} and --run-name {run_name} name two runs: give one"
             )
         name = resume or run_name or latest(runs_dir)
+        if name and (runs_dir / name).exists() and not (runs_dir / name).is_dir():
+            raise CheckpointError(f"{runs_dir / name} is a file, not a run: choose another name")
         if name and (runs_dir / name / "last.pt").exists():
             return runs_dir / name, True
         # Nothing to go on from yet (a first start, or one stopped before its first checkpoint):
@@ -88,10 +83,14 @@ def choose(runs_dir: Path, run_name: str | None, resume: str | None) -> tuple[Pa
                     " before its first checkpoint: choose another run name"
                 )
             return runs_dir / name, False
-    elif run_name and (runs_dir / run_name).exists():
+    elif run_name and (runs_dir / run_name).is_dir():
         raise CheckpointError(
             f"{runs_dir / run_name} holds an earlier run: --resume {run_name} goes on with it,"
             " --run-name NAME starts a new one beside it"
+        )
+    elif run_name and (runs_dir / run_name).exists():
+        raise CheckpointError(
+            f"{runs_dir / run_name} is a file, not a run: choose another --run-name"
         )
     else:
         name = run_name
@@ -145,24 +144,31 @@ def next_name(runs_dir: Path) -> str:
     return f"run-{max(numbers) + 1}"
 
 
-def save_settings(run_dir: Path, settings: dict) -> None:
-    """settings.json: the flags of each start of the run, the first and each --resume."""
-    path = run_dir / "settings.json"
+def starts(path: Path) -> list[dict]:
+    """settings.json's list: the flags of each start of the run, the first and each --resume."""
     try:
-        starts = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        starts = []
-    if not isinstance(starts, list):
-        starts = []
-    starts.append(settings)
-    text = json.dumps(starts, indent=1, default=str)  # paths and the device as text
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        entries = err
+    if not (isinstance(entries, list) and all(isinstance(entry, dict) for entry in entries)):
+        reason = f" ({entries})" if isinstance(entries, Exception) else ""
+        raise CheckpointError(
+            f"{path} is not a list of the run's starts{reason}: restore it (it holds the run's"
+            " flags, which --resume goes on with), or move it away and give every flag again"
+        )
+    return entries
+
+
+def save_settings(run_dir: Path, entry: dict) -> None:
+    """Append this start's entry to settings.json (a list of them: the first start's, and each
+    --resume's)."""
+    path = run_dir / "settings.json"
+    earlier = starts(path) if path.exists() else []
+    text = json.dumps([*earlier, entry], indent=1, default=str)  # paths as text
     atomic_write_text(path, text + "\n")
 
 
 def started_with(run_dir: Path) -> dict:
-    """The flags of the run's first start, or {} where settings.json says nothing."""
-    try:
-        starts = json.loads((run_dir / "settings.json").read_text(encoding="utf-8"))
-        return starts[0] if isinstance(starts, list) and isinstance(starts[0], dict) else {}
-    except (OSError, ValueError, IndexError):
-        return {}
+    """The flags of the run's first start, or {} where there is no settings.json."""
+    path = run_dir / "settings.json"
+    return ((starts(path) if path.exists() else []) or [{}])[0]

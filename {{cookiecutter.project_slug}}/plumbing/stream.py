@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
-from plumbing import distributed, loader
-from plumbing.data import SPLITS, digest, load_partition
+from plumbing import distributed
+from plumbing.data import SPLITS, digest, is_url, load_partition
 from plumbing.errors import DataError, SetupError
+from plumbing.seeding import epoch_seed, seed_reads
 
 try:
     import botocore.config
@@ -114,10 +115,6 @@ def options(url: str) -> dict:
     attempts = int(os.environ.get("AWS_MAX_ATTEMPTS", 5))
     retries = {"max_attempts": attempts, "mode": "standard"}
     return {"config": botocore.config.Config(retries=retries, connect_timeout=10)}
-
-
-def is_url(data_dir: str | Path) -> bool:
-    return "://" in str(data_dir)
 
 
 def location(data_dir: str | Path) -> str:
@@ -263,9 +260,7 @@ class StreamedSplit(litdata.StreamingDataset):
         item = super().__getitem__(index)
         X = item["X"].clone()  # LitData's is a view of its read-only chunk
         if self.dataset.augment:
-            loader.seed_reads(
-                loader.epoch_seed(self.seed, self.current_epoch, part=1 + item["index"])
-            )
+            seed_reads(epoch_seed(self.seed, self.current_epoch, part=1 + item["index"]))
             X = self.dataset.random_augmentation(X)
         return X, item["y"]
 
@@ -281,20 +276,23 @@ def read_index(url: str) -> tuple[dict, dict, str]:
         return *load_partition(copy), digest(copy)
 
 
-def open_splits(args: object, dataset_class: type) -> tuple[dict, tuple]:
-    """labels, and the two splits of the stream at args.data_dir."""
-    url = location(args.data_dir)
+def open_splits(settings: object, dataset_class: type) -> tuple[dict, tuple]:
+    """labels, and the two splits of the stream at settings.data_dir (with the digest of its
+    index, as index_digest: plumbing/facts.py)."""
+    data_dir = settings.data_dir
+    url = location(data_dir)
     unfinished = (
         f"no finished stream there (no {INDEX}/, or no such bucket): write one with `python"
-        f" pack_data.py --format stream --output {args.data_dir}`"
+        f" pack_data.py --format stream --output {data_dir}`"
     )
-    with reaching(args.data_dir, missing=unfinished):
-        partition, labels, args.data_digest = read_index(url)
+    with reaching(data_dir, missing=unfinished):
+        partition, labels, index_digest = read_index(url)
     splits = []
     for split in SPLITS:
         # The Dataset for its random_augmentation only: it reads no file
-        dataset = dataset_class([], labels, args.data_dir, augment=split == "train")
-        with reaching(f"{args.data_dir}/{split}"):
-            splits.append(StreamedSplit(f"{url}/{split}", dataset, args.shuffle, args.seed))
-    distributed.say(f"data: {args.data_dir} (streamed)")
+        dataset = dataset_class([], labels, data_dir, augment=split == "train")
+        with reaching(f"{data_dir}/{split}"):
+            splits.append(StreamedSplit(f"{url}/{split}", dataset, settings.shuffle, settings.seed))
+        splits[-1].index_digest = index_digest
+    distributed.say(f"data: {data_dir} (streamed)")
     return labels, tuple(splits)

@@ -8,7 +8,6 @@ Offline first. MLflow writes to runs/mlflow.db, a store beside the runs so that 
 compares them, unless MLFLOW_TRACKING_URI names a server. W&B runs offline, into
 runs/<name>/wandb/ (upload with wandb sync), unless you are logged in or WANDB_MODE says so."""
 
-import argparse
 import importlib
 import json
 import logging
@@ -24,50 +23,48 @@ from pathlib import Path
 from urllib.parse import quote, urlparse
 
 from plumbing import distributed
-from plumbing.cli import PROJECT, TEMPLATE_VERSION
-from plumbing.errors import SetupError, on_every_rank
+from plumbing.cli import PROJECT, TEMPLATE_VERSION, Settings
+from plumbing.errors import SetupError, Stopped
+from plumbing.facts import Facts
 from plumbing.files import atomic_write_text
-from plumbing.preemption import Stopped
 
 Say = Callable[[str], None]
 
 
-def start(args: argparse.Namespace, say: Say) -> "MLflow | WandB | None":
-    """On rank 0, the tracker run of args.run_dir, started or continued; None for --tracker
+def start(settings: Settings, facts: Facts, say: Say) -> "MLflow | WandB | None":
+    """On rank 0, the tracker run of facts.run_dir, started or continued; None for --tracker
     none, --dry-run (which only checks that the package is there) and the other ranks. A
     tracker that cannot be used fails every rank, in one line from rank 0."""
-    if args.tracker == "none":  # (the same on every rank: no need to ask rank 0)
+    if settings.tracker == "none":  # (the same on every rank: no need to ask rank 0)
         return None
-    tracker, problem = None, None
-    if distributed.rank() == 0:
-        try:
-            tracker = open_run(args, say)
-        except SetupError as err:
-            problem = str(err)
-    problem = distributed.from_rank_0(problem)
-    if problem:
-        raise on_every_rank(SetupError(problem))
+    tracker = None
+
+    def open_on_rank_0() -> None:
+        nonlocal tracker
+        tracker = open_run(settings, facts, say)
+
+    distributed.once(open_on_rank_0)  # a SetupError there is every rank's, said by rank 0
     return tracker
 
 
-def open_run(args: argparse.Namespace, say: Say) -> "MLflow | WandB | None":
-    module = load(args.tracker)
-    if args.dry_run:
+def open_run(settings: Settings, facts: Facts, say: Say) -> "MLflow | WandB | None":
+    module = load(settings.tracker)
+    if settings.dry_run:
         return None
-    if args.tracker == "wandb" and os.environ.get("WANDB_MODE") == "disabled":
+    if settings.tracker == "wandb" and os.environ.get("WANDB_MODE") == "disabled":
         say("wandb: WANDB_MODE=disabled: nothing goes to W&B")
         return None
-    ids_file = args.run_dir / "tracker.json"
+    ids_file = facts.run_dir / "tracker.json"
     ids = read_ids(ids_file)
-    kind = MLflow if args.tracker == "mlflow" else WandB
+    kind = MLflow if settings.tracker == "mlflow" else WandB
     try:
-        tracker = kind(module, args, ids.get(args.tracker), say)
+        tracker = kind(module, settings, facts, ids.get(settings.tracker), say)
     except kind.failures(module) as err:  # unreachable, refused, a store it cannot write
         raise SetupError(
-            f"--tracker {args.tracker}: cannot log to {kind.where(args)}: {reason(err)}."
-            f" {kind.advice(args)}, or pass --tracker none"
+            f"--tracker {settings.tracker}: cannot log to {kind.where(settings)}: {reason(err)}."
+            f" {kind.advice(settings)}, or pass --tracker none"
         ) from None
-    atomic_write_text(ids_file, json.dumps(ids | {args.tracker: tracker.id}, indent=1) + "\n")
+    atomic_write_text(ids_file, json.dumps(ids | {settings.tracker: tracker.id}, indent=1) + "\n")
     return tracker
 
 
@@ -90,11 +87,10 @@ def read_ids(path: Path) -> dict[str, str]:
     return ids if isinstance(ids, dict) else {}
 
 
-def settings(args: argparse.Namespace) -> dict[str, object]:
+def params(settings: Settings, facts: Facts) -> dict[str, object]:
     """Every flag, and what the run found: the data's shape and class count, the device, the
     data's digest; with the template version. As settings.json has them (paths as text)."""
-    values = json.loads(json.dumps(vars(args), default=str))
-    return values | {"template_version": TEMPLATE_VERSION}
+    return settings.flags() | facts.as_dict() | {"template_version": TEMPLATE_VERSION}
 
 
 def reason(err: BaseException) -> str:
@@ -128,11 +124,11 @@ class MLflow:
         return (mlflow.exceptions.MlflowException, requests.RequestException, OSError)
 
     @staticmethod
-    def where(args: argparse.Namespace) -> str:
-        return os.environ.get("MLFLOW_TRACKING_URI") or str(args.runs_dir / "mlflow.db")
+    def where(settings: Settings) -> str:
+        return os.environ.get("MLFLOW_TRACKING_URI") or str(settings.runs_dir / "mlflow.db")
 
     @staticmethod
-    def advice(args: argparse.Namespace) -> str:
+    def advice(settings: Settings) -> str:
         uri = os.environ.get("MLFLOW_TRACKING_URI")
         if uri and urlparse(uri).scheme in ("http", "https"):
             return "Start the server or correct MLFLOW_TRACKING_URI"
@@ -140,10 +136,12 @@ class MLflow:
             return "Correct MLFLOW_TRACKING_URI"
         return "Check that store (or move it away to start a new one)"
 
-    def __init__(self, mlflow: object, args: argparse.Namespace, earlier: str | None, say: Say):
+    def __init__(
+        self, mlflow: object, settings: Settings, facts: Facts, earlier: str | None, say: Say
+    ) -> None:
         from mlflow.entities import Param, RunTag
 
-        self.mlflow, self.run_dir, self.log_model = mlflow, args.run_dir, args.log_model
+        self.mlflow, self.run_dir, self.log_model = mlflow, facts.run_dir, settings.log_model
         # MLflow retries a failed request for minutes by default: a training loop should not
         # wait that long for its metrics server (the variables, where you set them, decide).
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -151,7 +149,7 @@ class MLflow:
         # The local store's creation says what it does on the INFO level: not worth a line.
         for name in ("mlflow.store.db.utils", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
-        local, artifacts = local_store(args.runs_dir)
+        local, artifacts = local_store(settings.runs_dir)
         uri = os.environ.get("MLFLOW_TRACKING_URI") or local
         if urlparse(uri).scheme in ("", "file"):  # MLflow 3 refuses it, in 600 characters
             raise SetupError(
@@ -163,17 +161,17 @@ class MLflow:
         run = self.find(earlier, say)
         if run is None:
             experiment = self.experiment(artifacts if uri == local else None)
-            run = self.client.create_run(experiment, run_name=args.run_dir.name)
+            run = self.client.create_run(experiment, run_name=facts.run_dir.name)
         self.id = run.info.run_id
         try:
             self.client.update_run(self.id, status="RUNNING")
             # A parameter cannot change in MLflow: a flag that a later start of the run changes
             # is the tag resumed.<flag>, its latest value (settings.json keeps every start's).
-            params = [Param(k, str(v)[:6000]) for k, v in settings(args).items()]
-            new = [p for p in params if p.key not in run.data.params]
+            values = [Param(k, str(v)[:6000]) for k, v in params(settings, facts).items()]
+            new = [p for p in values if p.key not in run.data.params]
             tags = [
                 RunTag(f"resumed.{p.key}", p.value)
-                for p in params
+                for p in values
                 if p.key not in HOW_IT_STARTED
                 and (
                     run.data.params.get(p.key, p.value) != p.value
@@ -186,8 +184,8 @@ class MLflow:
             self.close("failed", quietly=True)  # not left RUNNING
             raise
         store = os.environ.get("MLFLOW_TRACKING_URI") or (
-            f"{args.runs_dir / 'mlflow.db'} (browse: mlflow ui --backend-store-uri"
-            f" {shlex.quote(store_uri(args.runs_dir))})"
+            f"{settings.runs_dir / 'mlflow.db'} (browse: mlflow ui --backend-store-uri"
+            f" {shlex.quote(store_uri(settings.runs_dir))})"
         )
         how = "going on with" if earlier == self.id else "logging to"
         say(f"mlflow: {how} run {self.id} in {store}")
@@ -254,28 +252,30 @@ class WandB:
         return (wandb.errors.Error, OSError)
 
     @staticmethod
-    def where(args: argparse.Namespace) -> str:
+    def where(settings: Settings) -> str:
         return "W&B"
 
     @staticmethod
-    def advice(args: argparse.Namespace) -> str:
+    def advice(settings: Settings) -> str:
         return "Check the network and `wandb login` (or WANDB_API_KEY), set WANDB_MODE=offline"
 
-    def __init__(self, wandb: object, args: argparse.Namespace, earlier: str | None, say: Say):
-        self.wandb, self.run_dir, self.log_model = wandb, args.run_dir, args.log_model
+    def __init__(
+        self, wandb: object, settings: Settings, facts: Facts, earlier: str | None, say: Say
+    ) -> None:
+        self.wandb, self.run_dir, self.log_model = wandb, facts.run_dir, settings.log_model
         # Offline unless logged in; logged in, as W&B decides (WANDB_MODE, `wandb offline`).
         mode = None if os.environ.get("WANDB_MODE") or logged_in(wandb) else "offline"
-        files = args.run_dir / "wandb"
+        files = facts.run_dir / "wandb"
         had_files = files.exists()
         try:
             self.run = wandb.init(
                 project=os.environ.get("WANDB_PROJECT") or PROJECT,
-                name=args.run_dir.name,
+                name=facts.run_dir.name,
                 id=earlier,  # None: a new run
                 resume="allow",
-                dir=args.run_dir,
+                dir=facts.run_dir,
                 mode=mode,
-                config=settings(args),
+                config=params(settings, facts),
                 allow_val_change=True,  # a resumed start's flags replace the earlier ones
                 settings=wandb.Settings(silent=True),  # the line below says where it went
             )
@@ -289,7 +289,7 @@ class WandB:
         else:
             say(
                 f"wandb: offline, in {Path(self.run.dir).parent}; upload with"
-                f" wandb sync {args.run_dir / 'wandb' / 'offline-run-*'}"
+                f" wandb sync {facts.run_dir / 'wandb' / 'offline-run-*'}"
             )
 
     def log(self, epoch: int, row: dict[str, float]) -> None:

@@ -7,7 +7,7 @@ import torch
 import bench_loader
 import pack_data
 from plumbing import loader
-from plumbing.cli import training_args
+from plumbing.cli import training_settings
 from plumbing.packed import PackedDataset
 
 SMALL = ["--max-samples", "64", "--repeats", "1", "--epochs", "1"]
@@ -44,8 +44,8 @@ def test_sweep_prints_a_table_and_flags_that_pytorch_script_takes(
     assert lines[-2].startswith("fastest at --batch-size 16: ")
     command = lines[-1].split()
     assert command[:2] == ["python", "pytorch_script.py"]
-    args = training_args(command[2:], "")
-    assert args.data_format in ("files", "packed") and args.batch_size == 16
+    settings = training_settings(command[2:], "")
+    assert settings.data_format in ("files", "packed") and settings.batch_size == 16
 
 
 def test_one_setting_options_need_a_format(capsys: pytest.CaptureFixture[str]) -> None:

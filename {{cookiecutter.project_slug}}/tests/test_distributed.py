@@ -14,7 +14,7 @@ import pytorch_script
 from conftest import snapshot, train
 from make_sample_data import make_sample_data
 from my_classes import Dataset, build_model
-from plumbing import cli, distributed, loader
+from plumbing import cli, loader
 from plumbing.data import load_partition
 
 PROJECT = Path(pytorch_script.__file__).parent
@@ -232,24 +232,41 @@ def test_ranks_share_the_data_and_the_order_changes_every_epoch(
     assert orders[0, 1] != orders[0, 2] and orders[1, 1] != orders[1, 2]
 
 
+class OnTheCPU:
+    """A validation pass's batches as plumbing.training.Pass gives them (float32, on the
+    device), for validate() alone."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, generator: torch.utils.data.DataLoader) -> None:
+        self.generator = generator
+
+    def __iter__(self):  # noqa: ANN204
+        return ((X.float(), y) for X, y in self.generator)
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast("cpu", enabled=False)
+
+
 def test_validation_counts_every_sample_once_whatever_the_padding(
     odd_data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """75 samples on 2 ranks: 38 each, one of rank 1's a repeat that validate() leaves out.
-    Each rank's result, weighted by its share, is what one process measures."""
+    """75 samples on 2 ranks: 38 and 37, validation's sampler padding neither (training's
+    would repeat one). Each rank's result, weighted by its share, is what one process
+    measures."""
     partition, labels = load_partition(odd_data)
     validation_set = Dataset(partition["validation"], labels, odd_data)
     torch.manual_seed(0)
     model = build_model((1, 8, 8), num_classes=4)
-    args = cli.training_args(["--device", "cpu", "--num-workers", "0", "--batch-size", "16"], "")
+    settings = cli.training_settings(["--device", "cpu", "--num-workers", "0"], "")
     params = {"batch_size": 16, "shuffle": False, "num_workers": 0}
-    device = torch.device("cpu")
 
     def validate() -> tuple[float, float, int]:
-        generator = loader.make(validation_set, params, args, device)
-        share = distributed.share(generator.sampler)
+        generator = loader.make(validation_set, params, settings, torch.device("cpu"))
+        generator.sampler.even = False  # as the run makes validation's (plumbing/training.py)
+        share = len(generator.sampler)
         loss, accuracy = pytorch_script.validate(
-            model, generator, torch.nn.CrossEntropyLoss(), args, device
+            model, OnTheCPU(generator), torch.nn.CrossEntropyLoss()
         )
         return loss, accuracy, share
 

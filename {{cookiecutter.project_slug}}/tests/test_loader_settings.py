@@ -21,7 +21,7 @@ import my_classes
 import pack_data
 from conftest import train
 from my_classes import Dataset
-from plumbing import loader, preemption
+from plumbing import loader, preemption, seeding
 from plumbing.data import load_partition
 from plumbing.errors import SetupError
 from plumbing.packed import PACKED, PackedDataset
@@ -98,7 +98,7 @@ class Augmented(torch.utils.data.Dataset):
 
 
 def draws(seed: int, num_workers: int) -> torch.Tensor:
-    loader.seed_everything(seed)  # with 0 workers, the main process draws
+    seeding.seed_everything(seed)  # with 0 workers, the main process draws
     generator = make(num_workers, seed=seed, dataset=Augmented())
     epochs = []
     for epoch in (1, 2):
@@ -322,14 +322,14 @@ def test_ranks_and_workers_draw_apart_and_every_epoch_anew(monkeypatch: pytest.M
         monkeypatch.setenv("RANK", rank)
         for epoch in (1, 2):
             for part in (0, 1, 2):
-                seeds.add(loader.epoch_seed(7, epoch, part))
-                assert loader.epoch_seed(7, epoch, part) == loader.epoch_seed(7, epoch, part)
+                seeds.add(seeding.epoch_seed(7, epoch, part))
+                assert seeding.epoch_seed(7, epoch, part) == seeding.epoch_seed(7, epoch, part)
     assert len(seeds) == 2 * 2 * 3
     monkeypatch.setenv("RANK", "1")
-    loader.seed_epoch(7, 3)
+    seeding.seed_epoch(7, 3)
     first = torch.rand(3)
     monkeypatch.setenv("RANK", "0")
-    loader.seed_epoch(7, 3)
+    seeding.seed_epoch(7, 3)
     assert not torch.equal(first, torch.rand(3))
 
 

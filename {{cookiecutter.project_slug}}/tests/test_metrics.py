@@ -13,7 +13,7 @@ import plot_metrics
 from conftest import snapshot, train
 from plumbing import metrics
 
-HEADER = ",".join(metrics.COLUMNS) + "\n"
+HEADER = "epoch,train_loss,val_loss,val_accuracy,lr,data_wait\n"
 BLUE, ORANGE = (31, 119, 180), (255, 127, 14)  # matplotlib's first two colours
 
 
@@ -42,11 +42,13 @@ def tensorboard_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
 def assert_tensorboard_shows_the_csv(run_dir: Path) -> None:
     rows = read_csv(run_dir / "metrics.csv")
     scalars = tensorboard_scalars(run_dir)
-    assert set(scalars) == {"loss/train", "loss/validation", "accuracy/validation", "data_wait"}
+    tags = {"loss/train", "loss/validation", "accuracy/validation", "lr", "data_wait"}
+    assert set(scalars) == tags
     for tag, column in [
         ("loss/train", "train_loss"),
         ("loss/validation", "val_loss"),
         ("accuracy/validation", "val_accuracy"),
+        ("lr", "lr"),
         ("data_wait", "data_wait"),
     ]:
         assert [step for step, _ in scalars[tag]] == [row["epoch"] for row in rows], tag
@@ -59,7 +61,7 @@ def test_csv_has_a_row_per_epoch_with_every_column(tiny_data: Path, tmp_path: Pa
     run_dir = tmp_path / "runs" / "run-1"
     assert train(tiny_data, run_dir, "--max-epochs", "2", "--num-workers", "0") == 0
     text = (run_dir / "metrics.csv").read_text()
-    assert text.startswith("epoch,train_loss,val_loss,val_accuracy,data_wait\n")
+    assert text.startswith(HEADER)
     rows = read_csv(run_dir / "metrics.csv")
     assert [row["epoch"] for row in rows] == [1, 2]
     assert all(0 <= row["val_accuracy"] <= 1 and 0 <= row["data_wait"] <= 1 for row in rows)
@@ -192,10 +194,10 @@ def test_plot_with_no_run_says_to_train_first(tmp_path: Path, capsys) -> None:
     [
         (None, "not found: train first (python pytorch_script.py)"),
         ("", "not a metrics CSV of pytorch_script.py"),
-        ("epoch,train_loss,val_loss,val_accuracy\n1,2.0,2.0,0.5\n", "not a metrics CSV"),
+        ("time,train_loss\n1,2.0\n", "not a metrics CSV"),
         (HEADER, "no epoch finished yet"),
-        (HEADER + "1,0.5,0.6,0.5\n", "line 2: expected 5 numbers"),
-        (HEADER + "1,0.5,0.6,x,0.1\n", "line 2: expected 5 numbers"),
+        (HEADER + "1,0.5,0.6,0.5\n", "line 2: expected 6 numbers"),
+        (HEADER + "1,0.5,0.6,x,0.001,0.1\n", "line 2: expected 6 numbers"),
     ],
 )
 def test_plot_names_a_csv_it_cannot_draw(
@@ -218,7 +220,8 @@ def test_plot_names_a_csv_it_cannot_draw(
 def test_plot_draws_a_run_that_diverged(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib", reason="pip install -e '.[dev]' installs it")
     metrics_csv = tmp_path / "metrics.csv"
-    metrics_csv.write_text(HEADER + "1,2.3,2.2,0.1,0.0\n2,nan,inf,0.1,0.0\n3,nan,nan,0.1,0.0\n")
+    rows = "1,2.3,2.2,0.1,0.001,0.0\n2,nan,inf,0.1,0.001,0.0\n3,nan,nan,0.1,0.001,0.0\n"
+    metrics_csv.write_text(HEADER + rows)
     assert plot_metrics.main([str(metrics_csv)]) == 0
     png = tmp_path / "metrics.png"
     assert png.read_bytes().startswith(b"\x89PNG")

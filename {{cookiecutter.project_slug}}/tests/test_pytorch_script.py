@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 import multiprocessing
 import re
@@ -12,7 +13,7 @@ import my_classes
 import pytorch_script
 from conftest import snapshot, train
 from plumbing import cli, runs
-from plumbing.data import load_partition
+from plumbing.data import digest, load_partition
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
@@ -143,13 +144,19 @@ def test_samples_of_any_number_dtype_train(tmp_path: Path, dtype: torch.dtype) -
 
 
 def test_flags_override_the_defaults() -> None:
-    args = cli.training_args(["--batch-size", "8", "--no-shuffle", "--num-workers", "0"], "")
-    assert (args.batch_size, args.shuffle, args.num_workers) == (8, False, 0)
-    assert args.device.type in ("cpu", "cuda", "mps", "xpu")
-    assert (args.runs_dir, args.run_name, args.resume) == (Path("runs"), None, None)
-    assert cli.training_args(["--resume"], "").resume == ""  # the latest run, or --run-name
-    assert cli.training_args(["--resume", "run-3"], "").resume == "run-3"
-    assert cli.training_args(["--dry-run", "--max-epochs", "9"], "").max_epochs == 1
+    settings = cli.training_settings(
+        ["--batch-size", "8", "--no-shuffle", "--num-workers", "0"], ""
+    )
+    assert (settings.batch_size, settings.shuffle, settings.num_workers) == (8, False, 0)
+    assert settings.given == {"batch_size", "shuffle", "num_workers"}
+    assert settings.device.type in ("cpu", "cuda", "mps", "xpu")
+    assert (settings.runs_dir, settings.run_name, settings.resume) == (Path("runs"), None, None)
+    assert cli.training_settings(["--resume"], "").resume == ""  # the latest run, or --run-name
+    assert cli.training_settings(["--resume", "run-3"], "").resume == "run-3"
+    dry = cli.training_settings(["--dry-run", "--max-epochs", "9"], "")
+    assert cli.check(dry).max_epochs == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.lr = 0.1  # parsed once, never changed
 
 
 @pytest.mark.parametrize(
@@ -162,6 +169,11 @@ def test_flags_override_the_defaults() -> None:
         (["--device", "gpu"], "argument --device: 'gpu' is not a device"),
         (["--device", "meta"], "argument --device: 'meta': torch "),
         (["--metrics-csv", "m.csv"], "unrecognized arguments: --metrics-csv m.csv"),
+        (["--run-name", "../escape"], "argument --run-name: '../escape' is not a run name"),
+        (["--run-name", "a/b"], "argument --run-name: 'a/b' is not a run name"),
+        (["--run-name", "/tmp/x"], "argument --run-name: '/tmp/x' is not a run name"),
+        (["--run-name", ""], "argument --run-name: '' is not a run name"),
+        (["--resume", ".."], "argument --resume: '..' is not a run name"),
     ],
 )
 def test_bad_flags_exit_with_usage(
@@ -262,13 +274,75 @@ def test_settings_json_records_the_flags(tiny_data: Path, tmp_path: Path) -> Non
     assert (settings["lr"], settings["seed"], settings["shuffle"]) == (0.002, 7, False)
     assert (settings["max_epochs"], settings["batch_size"], settings["resume"]) == (1, 32, None)
     assert settings["data_dir"] == str(tiny_data) and settings["device"] == "cpu"
-    assert settings["run_dir"] == str(runs_dir / "run-1")
-    assert (settings["input_shape"], settings["num_classes"]) == ([1, 8, 8], 4)
+    assert settings["found"] == {
+        "input_shape": [1, 8, 8], "num_classes": 4, "device": "cpu",
+        "data_digest": digest(tiny_data),
+    }  # fmt: skip
+    assert set(settings["given"]) == {
+        "device", "data_dir", "runs_dir", "batch_size", "num_workers", "tensorboard", "tracker",
+        "max_epochs", "lr", "seed", "shuffle",
+    }  # fmt: skip
     # A resumed run adds its own flags: the first start's stay.
     assert script(tiny_data, runs_dir, "--max-epochs", "2", "--resume", "--lr", "0.01") == 0
     first, resumed = json.loads((runs_dir / "run-1" / "settings.json").read_text())
     assert first == settings
-    assert (resumed["lr"], resumed["max_epochs"], resumed["resume"]) == (0.01, 2, "")
+    assert (resumed["lr"], resumed["max_epochs"], resumed["resume"]) == (0.01, 2, "run-1")
+    assert (resumed["seed"], resumed["shuffle"]) == (7, False)  # the run's, not the defaults
+
+
+def test_resume_goes_on_with_the_settings_the_run_was_started_with(
+    tiny_data: Path, tmp_path: Path, capsys
+) -> None:
+    """A bare --resume after a crash: the run's --max-epochs, --lr, --seed..., not the
+    defaults; a flag given again wins, and is recorded."""
+    runs_dir = tmp_path / "runs"
+    argv = ["--device", "cpu", "--data-dir", str(tiny_data), "--runs-dir", str(runs_dir)]
+    flags = ["--batch-size", "16", "--num-workers", "0", "--no-tensorboard", "--tracker", "none"]
+    flags += ["--lr", "0.01", "--seed", "4", "--no-shuffle", "--max-epochs", "1"]
+    assert pytorch_script.main([*argv, *flags]) == 0
+    assert pytorch_script.main(["--runs-dir", str(runs_dir), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 1/1" in out and "nothing to do: " in out  # its --max-epochs: 1, not 100
+    assert pytorch_script.main(["--runs-dir", str(runs_dir), "--resume", "--max-epochs", "2"]) == 0
+    assert "batch_size 16, shuffle False, num_workers 0" in capsys.readouterr().out
+    starts = json.loads((runs_dir / "run-1" / "settings.json").read_text())
+    assert [(s["lr"], s["seed"], s["max_epochs"]) for s in starts] == [(0.01, 4, 1), (0.01, 4, 2)]
+    assert starts[1]["given"] == ["max_epochs", "resume", "runs_dir"]
+    last = torch.load(runs_dir / "run-1" / "last.pt", weights_only=True)
+    assert last["optimizer"]["param_groups"][0]["lr"] == 0.01
+
+
+def test_a_settings_json_that_cannot_be_read_is_one_line_and_nothing_changes(
+    tiny_data: Path, tmp_path: Path, capsys
+) -> None:
+    runs_dir = tmp_path / "runs"
+    assert script(tiny_data, runs_dir, "--max-epochs", "1") == 0
+    for broken in ("{not json", '{"lr": 0.1}', "[1, 2]"):
+        (runs_dir / "run-1" / "settings.json").write_text(broken)
+        before = snapshot(runs_dir)
+        capsys.readouterr()
+        assert script(tiny_data, runs_dir, "--max-epochs", "2", "--resume") == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {runs_dir / 'run-1' / 'settings.json'} is not a list of")
+        assert err.endswith("or move it away and give every flag again\n") and err.count("\n") == 1
+        assert snapshot(runs_dir) == before
+
+
+def test_a_file_where_a_run_should_be_is_named_as_a_file(
+    tiny_data: Path, tmp_path: Path, capsys
+) -> None:
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    (runs_dir / "c4").write_text("not a run")
+    assert script(tiny_data, runs_dir, "--run-name", "c4", "--max-epochs", "1") == 1
+    assert capsys.readouterr().err == (
+        f"error: {runs_dir / 'c4'} is a file, not a run: choose another --run-name\n"
+    )
+    assert script(tiny_data, runs_dir, "--resume", "c4", "--max-epochs", "1") == 1
+    assert capsys.readouterr().err == (
+        f"error: {runs_dir / 'c4'} is a file, not a run: choose another name\n"
+    )
+    assert sorted(p.name for p in runs_dir.iterdir()) == ["c4"]
 
 
 def test_resuming_from_other_data_than_the_run_started_with_says_so(

@@ -469,9 +469,7 @@ def test_bench_loader_measures_a_stream(
                               loader_timeout=0)  # fmt: skip
     _, (training_set, _) = stream.open_splits(args, Dataset)
     params = {"batch_size": 16, "shuffle": True, "num_workers": 0}
-    hint = loader.data_bound_hint(
-        args, loader.make(training_set, params, args, torch.device("cpu"))
-    )
+    hint = loader.data_bound_hint(url, loader.make(training_set, params, args, torch.device("cpu")))
     assert hint == f"`python bench_loader.py --stream {url}` finds faster loader settings."
     capsys.readouterr()
     assert bench_loader.main(["--data-dir", str(tmp_path / "nowhere"), *small]) == 0
