@@ -16,6 +16,26 @@ from cookiecutter.utils import create_env_with_context
 
 pytest_plugins = ["one_node_slurm"]  # the fixture slurm_cluster
 
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--full",
+        action="store_true",
+        help="every test, the slow ones too (baking and training every answer, the project's"
+        " own suite, SLURM, S3, trackers, torchrun): the README's test command, and CI's",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without --full, the tests marked slow are left out: the inner loop of a change."""
+    if config.getoption("--full") or config.getoption("-m"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
 ROOT = Path(__file__).resolve().parents[1]
 NO_DATA = {"_create_sample_data": False, "_run_smoke_test": False}
 

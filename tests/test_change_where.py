@@ -448,3 +448,131 @@ def test_accumulation_under_torchrun_resumes_bit_for_bit(
     halves = torch.load(runs_dir / "halves" / "last.pt", weights_only=True)
     assert halves["grads"] is None  # the last epoch ends on a step: 12 batches, every 4th
     assert_same_run(runs_dir, "whole", "halves")
+
+
+RESNET_18 = """
+
+
+class BasicBlock(nn.Module):
+    \"\"\"Two 3x3 convolutions with BatchNorm, and the input added back (ResNet's block).\"\"\"
+
+    def __init__(self, inputs: int, outputs: int, stride: int) -> None:
+        super().__init__()
+        self.convolutions = nn.Sequential(
+            nn.Conv2d(inputs, outputs, 3, stride, padding=1, bias=False),
+            nn.BatchNorm2d(outputs),
+            nn.ReLU(),
+            nn.Conv2d(outputs, outputs, 3, padding=1, bias=False),
+            nn.BatchNorm2d(outputs),
+        )
+        self.shortcut = nn.Identity()
+        if stride != 1 or inputs != outputs:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(inputs, outputs, 1, stride, bias=False), nn.BatchNorm2d(outputs)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.convolutions(x) + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    \"\"\"ResNet-18's shape (a 3-channel stem, four stages of two blocks, global pooling), narrow
+    enough for a CPU: `width` channels in the first stage.\"\"\"
+
+    def __init__(self, num_classes: int, width: int = 64) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
+        stages, inputs = [], width
+        for i, outputs in enumerate([width, 2 * width, 4 * width, 8 * width]):
+            stride = 1 if i == 0 else 2
+            stages += [BasicBlock(inputs, outputs, stride), BasicBlock(outputs, outputs, 1)]
+            inputs = outputs
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(inputs, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(self.stem(x)))
+
+
+def build_model("""
+
+# Every row of the table at once, where two rows edit one place composed as a user would: the
+# per-step schedule (not the per-epoch one), weight decay (not SGD), gradient accumulation and
+# clipping in one step, a train() that takes the scheduler and the EMA model.
+ALL_ROWS = [
+    ("my_classes.py", "\n\ndef build_model(", RESNET_18),
+    ("my_classes.py", ROWS["model"][1][1], "    return ResNet18(num_classes, width=8)"),
+    *ROWS["read"],
+    *ROWS["augmentation"],
+    *ROWS["loss"],
+    *ROWS["weight decay"],
+    ROWS["schedule per step"][0],
+    ROWS["early stopping"][0],
+    ROWS["EMA"][0],
+    ("pytorch_script.py", TRAIN_CALL, "loss_fn, optimizer, scaler, scheduler, ema)"),
+    (
+        "pytorch_script.py",
+        TRAIN_SIGNATURE,
+        "    scaler: torch.amp.GradScaler,\n"
+        "    scheduler: torch.optim.lr_scheduler.LRScheduler,\n"
+        "    ema: torch.optim.swa_utils.AveragedModel,\n"
+        ") -> float:",
+    ),
+    (
+        "pytorch_script.py",
+        "        scaler.scale(loss).backward()\n"
+        "        scaler.step(optimizer)\n"
+        "        scaler.update()\n"
+        "        optimizer.zero_grad(set_to_none=True)",
+        "        scaler.scale(loss / 4).backward()\n"
+        "        if batches.number % 4 == 0:\n"
+        "            scaler.unscale_(optimizer)\n"
+        "            nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)\n"
+        "            scaler.step(optimizer)\n"
+        "            scaler.update()\n"
+        "            optimizer.zero_grad(set_to_none=True)\n"
+        "            scheduler.step()\n"
+        "            ema.update_parameters(model)",
+    ),
+    ROWS["EMA"][-1],
+    *ROWS["early stopping"][1:],
+    *ROWS["best metric"],
+    *ROWS["another metric"],
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_every_row_at_once_with_a_resnet_then_other_data_keeps_the_projects_tests_green(
+    cookies, tmp_path: Path
+) -> None:
+    """As a user does: a new project with its sample data, every edit of the table at once and
+    a ResNet-18-shaped model of their own; it trains, is stopped and resumed, and its own
+    tests pass. Then their own data of another shape and number of classes replaces data/,
+    and the tests pass again."""
+    result = cookies.bake(extra_context={"_run_smoke_test": False})
+    assert result.exit_code == 0, result.exception
+    project = edited(result.project_path, tmp_path, ALL_ROWS)
+    shutil.copytree(result.project_path / "data", project / "data")
+    run([sys.executable, "pack_data.py"], project)
+    runs_dir = project / "runs"
+    first = ["--device", "cpu", "--max-epochs", "2", "--run-name", "edited"]
+    assert drive(project, [[first, [2, 5]], [["--resume"], None]]) == [75, 0]
+    rows = read_metrics(runs_dir / "edited" / "metrics.csv")
+    assert [row["epoch"] for row in rows] == [1, 2] and "val_error" in rows[0]
+    last = torch.load(runs_dir / "edited" / "last.pt", weights_only=True)
+    assert last["state"][:3] == ["model", "optimizer", "scaler"]
+    assert set(last["state"][3:]) == {"scheduler", "early_stopping", "ema"}
+    assert last["classes"]["model"] == "ResNet18"
+
+    suite = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], project).stdout
+    summary = suite.strip().splitlines()[-1]
+    assert "passed" in summary and "skipped" not in summary and "failed" not in summary, suite
+
+    other = ["--shape", "3,24,20", "--num-classes", "7", "--num-samples", "140", "--force"]
+    run([sys.executable, "make_sample_data.py", *other], project)
+    suite = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], project).stdout
+    assert "passed" in suite.strip().splitlines()[-1] and "failed" not in suite, suite

@@ -19,7 +19,7 @@ def readme_commands() -> list[str]:
 def test_readme_has_the_generate_and_the_test_command() -> None:
     assert readme_commands() == [
         "python -m pip install -r requirements.txt && cookiecutter . --no-input",
-        "python -m pip install -r requirements-dev.txt && python -m pytest",
+        "python -m pip install -r requirements-dev.txt && python -m pytest --full",
     ]
 
 

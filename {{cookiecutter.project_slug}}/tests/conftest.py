@@ -1,132 +1,108 @@
-import csv
+"""What the project's tests share: your data, and pytorch_script.py run on a few of its samples.
+
+The data is data/ when it holds any (partition.json), else sample data of the shape and classes
+you chose when generating the project (make_sample_data.py's defaults). The tests build your
+Dataset and your model, and run your pytorch_script.py: they test your code, as it stands."""
+
 import json
-import multiprocessing
 import os
-import subprocess
-import sys
-import time
-from collections.abc import Callable
+import random
+import shutil
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+import make_sample_data
 import pytorch_script
-from make_sample_data import make_sample_data
+from plumbing.data import load_partition
 
-# One thread for torch's operations, in this process and in those the tests start: the tests'
-# tiny models gain nothing from more, and pytest-xdist's workers, the scripts they start and
-# their DataLoader workers would otherwise contend for the same cores, each thread spinning
-# while it waits for the others.
+PROJECT = Path(__file__).resolve().parents[1]
+
+# One thread for torch in each of pytest-xdist's worker processes: the tests' batches are
+# small, and more threads would only contend for the same cores.
 torch.set_num_threads(1)
 os.environ["OMP_NUM_THREADS"] = "1"
 
-# Run as `python pytorch_script.py`, the script is the __main__ module that multiprocessing's
-# fork server imports once (Python 3.14 starts DataLoader workers by forkserver), and each
-# worker is a fork of that server. Under pytest, __main__ is pytest's: name the script, so
-# that the tests' forkserver workers too are forks, not new Pythons that each import torch.
-if "forkserver" in multiprocessing.get_all_start_methods():  # not on Windows
-    multiprocessing.set_forkserver_preload(["pytorch_script"])
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """data/ when it holds data; else sample data of the answers' shape and classes."""
+    if (PROJECT / "data" / "partition.json").exists():
+        return PROJECT / "data"
+    answers = make_sample_data.parse_args([])
+    where = tmp_path_factory.mktemp("sample") / "data"
+    make_sample_data.make_sample_data(
+        where, num_samples=96, shape=answers.shape, num_classes=answers.num_classes,
+        validation_fraction=0.25,
+    )  # fmt: skip
+    return where
 
 
-def train(data_dir: Path, run_dir: Path, *flags: str) -> int:
-    """pytorch_script.py on the CPU (whatever this machine has), as a user runs it, into the
-    run directory run_dir (its metrics.csv, last.pt, best.pt), unless flags say otherwise."""
-    argv = ["--device", "cpu", "--data-dir", str(data_dir), "--runs-dir", str(run_dir.parent)]
-    # Whatever the answers made the defaults: tiny_data has 192 samples to train on, and a test
-    # that wants TensorBoard or a tracker says so.
-    argv += ["--batch-size", "32", "--no-tensorboard", "--tracker", "none"]
-    if "--run-name" not in flags:
-        argv += ["--run-name", run_dir.name]
+@pytest.fixture(scope="session")
+def index(data_dir: Path) -> tuple[dict, dict, int]:
+    """partition, labels, and the number of classes (the largest label + 1)."""
+    partition, labels = load_partition(data_dir)
+    return partition, labels, max(labels.values()) + 1
+
+
+def some(IDs: list[str] | object, count: int) -> list[str]:
+    """count IDs drawn at random (the same each run), or all of them if there are fewer."""
+    IDs = list(IDs)
+    return random.Random(0).sample(IDs, min(count, len(IDs)))
+
+
+def few(data_dir: Path, where: Path, num_train: int, num_validation: int) -> Path:
+    """A data directory of a few of data_dir's samples (links to their files, and to whatever
+    else data_dir holds but .pt files and packed data: a Dataset may read from there too)."""
+    partition, labels = load_partition(data_dir)
+    chosen = {
+        "train": some(partition["train"], num_train),
+        "validation": some(partition["validation"], num_validation),
+    }
+    where.mkdir(parents=True)
+    for entry in os.scandir(data_dir):
+        if not entry.name.endswith(".pt") and entry.name not in ("partition.json", "labels.json",
+                                                                   "packed"):  # fmt: skip
+            link(Path(entry.path), where / entry.name)
+    for ID in chosen["train"] + chosen["validation"]:
+        link(data_dir / f"{ID}.pt", where / f"{ID}.pt")
+    (where / "partition.json").write_text(json.dumps(chosen), encoding="utf-8")
+    IDs = chosen["train"] + chosen["validation"]
+    (where / "labels.json").write_text(json.dumps({ID: labels[ID] for ID in IDs}), "utf-8")
+    return where
+
+
+def link(source: Path, target: Path) -> None:
+    try:
+        target.symlink_to(source.resolve(), target_is_directory=source.is_dir())
+    except OSError:  # Windows without the right to make links
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
+
+
+def train(data_dir: Path, runs_dir: Path, num_classes: int, *flags: str) -> int:
+    """pytorch_script.main on the CPU, with 0 workers, no TensorBoard or tracker (a test's run
+    belongs in none of yours), for the classes of all your data."""
+    argv = ["--device", "cpu", "--data-dir", str(data_dir), "--runs-dir", str(runs_dir)]
+    argv += ["--num-workers", "0", "--no-tensorboard", "--tracker", "none"]
+    argv += ["--num-classes", str(num_classes), "--data-format", "files"]
     return pytorch_script.main([*argv, *flags])
 
 
-# What in_one_python runs: each script's main(argv) in turn, its output caught where the process
-# writes (file descriptors 1 and 2), so that what its DataLoader workers print is caught too.
-MAINS_IN_TURN = """
-import importlib, json, os, sys, tempfile
+class SignalledAfter:
+    """batches, with SIGTERM raised in this process after batch `number`, as a cluster sends
+    it to preempt a job: the run's own handler takes it."""
 
-results = []
-for script, argv in json.loads(sys.argv[1]):
-    main = importlib.import_module(script.removesuffix(".py")).main
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        saved = os.dup(1), os.dup(2)
-        os.dup2(out.fileno(), 1)
-        os.dup2(err.fileno(), 2)
-        try:
-            try:
-                status = main(argv)
-            except SystemExit as exit:
-                status = exit.code
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-        out.seek(0)
-        err.seek(0)
-        results.append([status, out.read(), err.read()])
-print(json.dumps(results))
-"""
+    def __init__(self, batches: object, number: int) -> None:
+        self.batches, self.number = batches, number
 
+    def __iter__(self) -> Iterator:
+        for batch in self.batches:
+            yield batch
+            if self.batches.number == self.number:
+                signal.raise_signal(signal.SIGTERM)
 
-def in_one_python(
-    project: Path, *runs: tuple[str, list[str]], through: tuple[str, ...] = ()
-) -> list[subprocess.CompletedProcess]:
-    """Each (script, argv) of runs, script's main(argv), one after the other in one new Python
-    process started in project, which imports torch once for them all (a new process costs
-    about 2 s before it trains). For each run, what subprocess.run would give: its exit status,
-    its output and that of its DataLoader workers. through: a command that starts the process
-    (unshare, say)."""
-    command = [*through, sys.executable, "-c", MAINS_IN_TURN, json.dumps(runs)]
-    result = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return [
-        subprocess.CompletedProcess([script, *argv], status, out, err)
-        for (script, argv), (status, out, err) in zip(
-            runs, json.loads(result.stdout.splitlines()[-1]), strict=True
-        )
-    ]
-
-
-def read_rows(metrics_csv: Path) -> list[dict[str, float]]:
-    """The rows of a run's metrics.csv, as numbers (the epoch a whole number)."""
-    with open(metrics_csv, newline="", encoding="utf-8") as f:
-        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    return [row | {"epoch": int(row["epoch"])} for row in rows]
-
-
-def snapshot(directory: Path) -> dict[str, tuple[int, int, bytes]]:
-    """Every file below directory: inode, modification time and content, so that a file
-    rewritten, touched or replaced by another shows."""
-    return {
-        p.relative_to(directory).as_posix(): (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes())
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
-
-
-@pytest.fixture
-def tiny_data(tmp_path: Path) -> Path:
-    """256 samples of shape 1x8x8 in 4 classes, in the article's layout; returns their directory."""
-    data_dir = tmp_path / "data"
-    make_sample_data(
-        data_dir, num_samples=256, shape=(1, 8, 8), num_classes=4, validation_fraction=0.25
-    )
-    return data_dir
-
-
-def kill_half_way(command: list[str], half_way: Callable[[], bool]) -> None:
-    """Run a project script and kill it (kill -9, a crash, a lost node) once half_way() holds."""
-    process = subprocess.Popen(
-        command, cwd=Path(pytorch_script.__file__).parent, stdout=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 120
-    while not half_way():
-        assert process.poll() is None, "it finished before it could be killed half-way"
-        assert time.monotonic() < deadline, "it never got half-way"
-        time.sleep(0.02)
-    process.kill()
-    process.wait()
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.batches, name)

@@ -13,18 +13,18 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import my_classes
 import numpy as np
+import pack_data
 import pytest
 import torch
-
-import my_classes
-import pack_data
-from conftest import train
 from my_classes import Dataset
 from plumbing import loader, preemption, seeding
 from plumbing.data import load_partition
 from plumbing.errors import SetupError
 from plumbing.packed import PACKED, PackedDataset
+
+from baked.helpers import train
 
 CPU = torch.device("cpu")
 

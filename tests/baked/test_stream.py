@@ -23,13 +23,17 @@ pytest.importorskip("litdata", reason='no stream extra: pip install -e ".[stream
 pytest.importorskip("moto.server", reason='moto is not installed: pip install "moto[server]"')
 
 import litdata  # noqa: E402
-from test_change_where import weights  # noqa: E402
-
 import pack_data  # noqa: E402
-from conftest import read_rows, snapshot, train  # noqa: E402
 from my_classes import Dataset  # noqa: E402
 from plumbing import loader, preemption, stream  # noqa: E402
 from plumbing.data import load_partition  # noqa: E402
+
+from baked.helpers import (  # noqa: E402
+    read_rows,
+    snapshot,
+    train,
+    weights,  # noqa: E402
+)
 
 
 def start_s3_server(log: Path) -> tuple[subprocess.Popen, dict[str, str]]:
@@ -396,9 +400,8 @@ def test_under_torchrun_every_rank_gets_as_many_batches_and_resumes_bit_for_bit(
     """192 training samples on 2 ranks in batches of 7: as many whole batches on each (a rank
     with one more would wait for the other for ever). Rank 1 alone gets SIGUSR1 inside an
     epoch; resumed, the run ends as one never stopped."""
-    from test_change_where import edited_project
-    from test_distributed import GLOO_ABORT_AT_EXIT
-    from test_preemption import finished, launch, rank_1, same_run, stop_inside_an_epoch
+    from baked.helpers import GLOO_ABORT_AT_EXIT, edited_project
+    from baked.test_preemption import finished, launch, rank_1, same_run, stop_inside_an_epoch
 
     url = f"s3://bucket/{tmp_path.name}"
     write(tiny_data, url)

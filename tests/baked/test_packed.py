@@ -10,14 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
-
 import my_classes
+import numpy as np
 import pack_data
+import pytest
 import pytorch_script
-from conftest import in_one_python, kill_half_way, read_rows, snapshot, train
+import torch
 from make_sample_data import make_sample_data
 from my_classes import Dataset
 from plumbing import packed as packed_module
@@ -32,6 +30,8 @@ from plumbing.packed import (
     code_fingerprint,
     packed_is_stale,
 )
+
+from baked.helpers import in_one_python, kill_half_way, read_rows, snapshot, train
 
 
 def loader(
@@ -330,12 +330,17 @@ def test_a_stopped_pack_goes_on_where_it_stopped(
     if stop == "kill -9":
         kill_half_way(command, part_way)
     else:
+        # Ctrl-C's default action in the pack, even when these tests were started with SIGINT
+        # ignored (nohup, a shell's `&`), which a child would inherit.
         process = subprocess.Popen(
             command, cwd=Path(pack_data.__file__).parent, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.default_int_handler),
         )  # fmt: skip
+        deadline = time.monotonic() + 120
         while not part_way():
             assert process.poll() is None, "it finished before it could be interrupted"
+            assert time.monotonic() < deadline, "it never got part way"
             time.sleep(0.02)
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 130

@@ -6,16 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-
 import pack_data
+import pytest
 import pytorch_script
-from conftest import snapshot, train
+import torch
 from make_sample_data import make_sample_data
 from my_classes import Dataset, build_model
 from plumbing import cli, loader
 from plumbing.data import load_partition
+
+from baked.helpers import GLOO_ABORT_AT_EXIT, snapshot, train
 
 PROJECT = Path(pytorch_script.__file__).parent
 
@@ -32,7 +32,6 @@ def torchrun(
 # run has ended and written everything: SIGABRT, "terminate called without an active exception",
 # about one launch in ten on a loaded 2-core machine (README). That exit alone is not this
 # project's failure; what the run printed and wrote is checked in full either way.
-GLOO_ABORT_AT_EXIT = "terminate called without an active exception"
 
 
 def ended(result: subprocess.CompletedProcess) -> bool:

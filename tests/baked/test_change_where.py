@@ -1,14 +1,14 @@
-"""The README's "what to change where" table, row by row: each test makes that one edit in a
-copy of this project, as a user would, then trains, resumes and checks the result."""
+"""Edits of the template's own model, loss, optimizer, read, augmentation and score, each in a
+copy of the baked project: it trains, resumes and learns tiny_data (the template's thresholds,
+which a user's model need not reach: tests/test_change_where.py tests the README's rows)."""
 
-import shutil
 from pathlib import Path
 
 import pytest
+import pytorch_script
 import torch
 
-import pytorch_script
-from conftest import in_one_python, read_rows, train
+from baked.helpers import AUGMENTATION, edited_project, in_one_python, read_rows, train, weights
 
 PROJECT = Path(pytorch_script.__file__).parent
 
@@ -52,8 +52,8 @@ LOSS = (
 )
 OPTIMIZER = (
     "pytorch_script.py",
-    "optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)",
-    "optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)",
+    "optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)",
+    "optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=0.9)",
 )
 READ = (
     "my_classes.py",
@@ -61,32 +61,7 @@ READ = (
     '        X = load_sample(self.data_dir / f"{ID}.pt", ID)\n'
     "        return (X - X.mean()) / X.std()  # each sample normalised",
 )
-AUGMENTATION = (
-    "my_classes.py",
-    '''        E.g. a horizontal flip: `if torch.rand(()) < 0.5: X = X.flip(-1)`."""
-        return X''',
-    '''        E.g. a horizontal flip: `if torch.rand(()) < 0.5: X = X.flip(-1)`."""
-        if torch.rand(()) < 0.5:
-            X = X.flip(-1)
-        return X''',
-)
 BEST_METRIC = ("pytorch_script.py", "score = val_accuracy", "score = -val_loss")
-
-
-def edited_project(tmp_path: Path, *edits: tuple[str, str, str]) -> Path:
-    """A copy of this project's code with each edit made in its one place."""
-    copy = tmp_path / "project"
-    shutil.copytree(
-        PROJECT, copy, ignore=shutil.ignore_patterns("data", "runs", "tests", "__pycache__", ".*")
-    )
-    for file, old, new in edits:
-        path = copy / file
-        text = path.read_text(encoding="utf-8")
-        if text.count(old) != 1:  # never in the template's own tests, which check that
-            pytest.skip(f"{file} no longer holds the template's text that this row edits: you"
-                        " have made this change, or another there, yourself")  # fmt: skip
-        path.write_text(text.replace(old, new), encoding="utf-8")
-    return copy
 
 
 def train_edited(project: Path, data_dir: Path, *runs: list[str], pack: bool = False) -> list[str]:
@@ -100,10 +75,6 @@ def train_edited(project: Path, data_dir: Path, *runs: list[str], pack: bool = F
     for result in results:
         assert result.returncode == 0, f"{result.args} exited {result.returncode}:\n{result.stderr}"
     return [result.stdout for result in results if result.args[0] == "pytorch_script.py"]
-
-
-def weights(run_dir: Path, name: str = "last.pt") -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / name, weights_only=True)["model"]
 
 
 def trains_and_resumes(

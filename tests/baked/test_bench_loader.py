@@ -1,11 +1,10 @@
 import json
 from pathlib import Path
 
-import pytest
-import torch
-
 import bench_loader
 import pack_data
+import pytest
+import torch
 from plumbing import loader
 from plumbing.cli import training_settings
 from plumbing.packed import PackedDataset

@@ -7,11 +7,11 @@ import shutil
 import sys
 from pathlib import Path
 
-import pytest
-
 import plot_metrics
-from conftest import snapshot, train
+import pytest
 from plumbing import metrics
+
+from baked.helpers import snapshot, train
 
 HEADER = "epoch,train_loss,val_loss,val_accuracy,lr,data_wait\n"
 BLUE, ORANGE = (31, 119, 180), (255, 127, 14)  # matplotlib's first two colours

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from plumbing.data import SPLITS, _checked, load_partition
 from plumbing.errors import DataError
 from plumbing.index import Labels, StringArray, plain_index

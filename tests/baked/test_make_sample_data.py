@@ -3,10 +3,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import make_sample_data
 import pytest
 
-import make_sample_data
-from conftest import kill_half_way, train
+from baked.helpers import kill_half_way, train
 
 ARGS = ["--num-samples", "40", "--shape", "2,3", "--num-classes", "4"]
 ARGS += ["--validation-fraction", "0.25"]

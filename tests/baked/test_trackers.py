@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 import pytorch_script
-from conftest import read_rows, train
 from plumbing import cli, trackers
+
+from baked.helpers import read_rows, train
 
 COLUMNS = ("train_loss", "val_loss", "val_accuracy", "lr", "data_wait")  # metrics.csv's
 PROJECT = Path(pytorch_script.__file__).parent
@@ -341,7 +341,7 @@ def test_without_a_tracker_neither_package_is_imported(tiny_data: Path, tmp_path
 @pytest.mark.slow
 def test_under_torchrun_rank_0_alone_logs(tiny_data: Path, tmp_path: Path) -> None:
     pytest.importorskip("mlflow", reason="no mlflow extra: pip install -e '.[mlflow]'")
-    from test_distributed import ended, torchrun
+    from baked.test_distributed import ended, torchrun
 
     runs_dir = tmp_path / "runs"
     result = torchrun(

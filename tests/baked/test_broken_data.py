@@ -13,15 +13,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-import torch
-
 import pack_data
+import pytest
 import pytorch_script
-from conftest import in_one_python, snapshot, train
+import torch
 from make_sample_data import make_sample_data
 from plumbing.data import load_partition
 from plumbing.loader import CAN_TIME_READS
+
+from baked.helpers import in_one_python, snapshot, train
 
 # A case breaks the data in data_dir and returns what the error must say.
 Case = Callable[[Path, dict[str, list[str]], dict[str, int]], str]

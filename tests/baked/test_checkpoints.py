@@ -6,15 +6,15 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from torch import nn
-
 import pytorch_script
-from conftest import read_rows, snapshot, train
+import torch
 from make_sample_data import make_sample_data
 from my_classes import Net, build_model
 from plumbing import checkpoints
 from plumbing.data import digest
+from torch import nn
+
+from baked.helpers import read_rows, snapshot, train
 
 PROJECT = Path(pytorch_script.__file__).parent
 RUN_FILES = ["best.pt", "last.pt", "metrics.csv", "settings.json"]

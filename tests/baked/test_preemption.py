@@ -13,15 +13,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
-from test_change_where import AUGMENTATION, edited_project, weights
-from test_distributed import GLOO_ABORT_AT_EXIT
-
 import pytorch_script
-from conftest import read_rows, snapshot, train
+import torch
 from my_classes import Dataset
 from plumbing import loader, preemption
 from plumbing.data import load_partition
+
+from baked.helpers import (
+    AUGMENTATION,
+    GLOO_ABORT_AT_EXIT,
+    edited_project,
+    read_rows,
+    snapshot,
+    train,
+    weights,
+)
 
 # A random flip, as a user adds one: what each batch draws must be drawn again, the same, after
 # a resume. And a slower read of training samples, so that a signal at a random moment lands

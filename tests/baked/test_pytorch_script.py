@@ -6,14 +6,14 @@ import re
 import shutil
 from pathlib import Path
 
-import pytest
-import torch
-
 import my_classes
+import pytest
 import pytorch_script
-from conftest import snapshot, train
+import torch
 from plumbing import cli, runs
 from plumbing.data import digest, load_partition
+
+from baked.helpers import snapshot, train
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:

@@ -5,7 +5,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from my_classes import Dataset, Net, build_model
 from plumbing.data import StringArray, labels_of, load_partition
 from plumbing.errors import DataError
