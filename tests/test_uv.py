@@ -27,10 +27,6 @@ except ModuleNotFoundError:  # Python 3.10
 
 UV = [sys.executable, "-m", "uv"]  # uv==... of requirements-dev.txt, beside this Python
 TORCH = version("torch")  # e.g. 2.13.0+cpu
-# Of the project's own tests, those of my_classes.py while all of them take minutes (test_bake.py
-# runs them all, in this Python): enough to show that uv's .venv runs pytest with the dev extra.
-# Where that file is gone (issue 27 makes the project's tests a few seconds' worth), all of them.
-PROJECT_TESTS = ["tests/test_my_classes.py"]
 
 
 def torch_wheels() -> Path | None:
@@ -92,7 +88,7 @@ def choose_the_local_torch(project: Path) -> None:
 def test_the_readme_s_two_commands_in_their_uv_form(uv_env: dict[str, str], tmp_path: Path) -> None:
     generate, test = uv_blocks(ROOT / "README.md")
     assert generate == "uvx --with-requirements requirements.txt cookiecutter . --no-input"
-    assert test == "uvx --with pip --with-requirements requirements-dev.txt pytest"
+    assert test == "uvx --with pip --with-requirements requirements-dev.txt pytest --full"
 
     out = run([*UV, "tool", "run", *generate.split()[1:], "-o", str(tmp_path)], ROOT, uv_env)
     assert "Smoke test passed" in out.stdout, out.stdout + out.stderr
@@ -126,8 +122,7 @@ def test_a_baked_project_with_uv_sync_and_uv_run(
     run([*uv_run, "make_sample_data.py"], project, uv_env)
     out = run([*uv_run, "pytorch_script.py", "--dry-run"], project, uv_env)
     assert "epoch 1/" in out.stdout, out.stdout
-    tests = [path for path in PROJECT_TESTS if (project / path).exists()] or ["tests"]
-    out = run([*uv_run, "pytest", "-x", "-q", "-n", "0", *tests], project, uv_env)
+    out = run([*uv_run, "pytest", "-x", "-q"], project, uv_env)  # the project's own, all
     assert re.search(r"\d+ passed", out.stdout) and "failed" not in out.stdout, out.stdout
     run([*uv_run, "ruff", "check", "."], project, uv_env)  # .venv is not linted
     run([*uv_run, "ruff", "format", "--check", "."], project, uv_env)
