@@ -21,8 +21,8 @@ from plumbing.data import load_partition
 
 PROJECT = Path(__file__).resolve().parents[1]
 
-# One thread for torch in each of pytest-xdist's worker processes: the tests' batches are
-# small, and more threads would only contend for the same cores.
+# One thread for torch: the tests' batches are small, and more threads would only contend with
+# the DataLoader workers of a run for the same cores.
 torch.set_num_threads(1)
 os.environ["OMP_NUM_THREADS"] = "1"
 
