@@ -92,6 +92,7 @@ QUESTIONS = [
 TRACKER_QUESTION = "Experiment tracker besides metrics.csv (--tracker; an optional extra)"
 
 
+@pytest.mark.slow
 def test_an_interactive_run_asks_eleven_questions_and_checks_them_after_the_last(
     tmp_path: Path, config_file: Path
 ) -> None:

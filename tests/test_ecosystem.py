@@ -33,6 +33,7 @@ def bake(cookies, **answers: object) -> Path:
     return result.project_path
 
 
+@pytest.mark.slow
 def test_pyproject_extras_and_an_editable_install(default_project: Path, tmp_path: Path) -> None:
     project = shutil.copytree(default_project, tmp_path / "my_pytorch_project")
     meta = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))["project"]
@@ -168,6 +169,7 @@ def test_answers_are_saved_and_replay_bakes_the_project_again(
             assert twin.read_bytes() == path.read_bytes(), path
 
 
+@pytest.mark.slow
 def test_tensorboard_answer_sets_the_flag_and_the_dependency(cookies) -> None:
     from conftest import defaults
 
@@ -178,6 +180,7 @@ def test_tensorboard_answer_sets_the_flag_and_the_dependency(cookies) -> None:
         assert ("tensorboard>=2.14" in meta["dependencies"]) is chosen
 
 
+@pytest.mark.slow
 def test_tracker_answer_sets_the_flag_and_the_dependencies(cookies) -> None:
     from conftest import defaults
 

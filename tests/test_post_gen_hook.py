@@ -2,6 +2,7 @@
 already) inside a copy of a baked project: sample data, the smoke test and git init, each way
 they can go. (test_hooks.py runs it through cookiecutter, end to end.)"""
 
+import json
 import os
 import re
 import shutil
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NO_DATA, git, git_env, render_hook
+from conftest import NO_DATA, ROOT, git, git_env, render_hook
 
 TEMPLATE_VERSION = render_hook("post_gen_project").ANSWERS["_template_version"]
 
@@ -25,6 +26,11 @@ def project(default_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("PWD", str(tmp_path))  # where the user ran cookiecutter
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.setattr(sys, "dont_write_bytecode", sys.dont_write_bytecode)
+    # A project's modules another test imported (tests/baked/'s, in this process): set aside,
+    # so that the hook imports this copy's, and put back afterwards.
+    ours = set(json.loads((ROOT / "cookiecutter.json").read_text())["_project_modules"])
+    for name in [name for name in sys.modules if name.split(".")[0] in ours | {"plumbing"}]:
+        monkeypatch.delitem(sys.modules, name)
     yield copy
     for name, module in list(sys.modules.items()):
         if Path(getattr(module, "__file__", None) or "/").is_relative_to(copy):

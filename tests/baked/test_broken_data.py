@@ -319,6 +319,7 @@ def can_shrink_dev_shm() -> bool:
 
 
 @pytest.mark.skipif(not can_shrink_dev_shm(), reason="needs unshare and user namespaces")
+@pytest.mark.slow
 def test_too_little_shared_memory_says_what_to_do(tmp_path: Path) -> None:
     """As in a Docker container started without --shm-size: 256 KiB of /dev/shm, batches of
     768 KiB."""

@@ -183,6 +183,7 @@ def test_changed_bytes_are_read_as_json_loads_reads_them_or_left_to_it(tmp_path:
     assert 0 < accepted < 400  # some changes leave valid data (a digit for a digit), most not
 
 
+@pytest.mark.slow
 def test_a_million_ids_take_arrays_not_objects(tmp_path: Path) -> None:
     """The point of it all: 26 MB of arrays for a million IDs, not 170 MB of str and dict."""
     IDs = [f"id-{i}" for i in range(1, 1_000_001)]

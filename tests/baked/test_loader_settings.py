@@ -174,6 +174,7 @@ def test_workers_started_anew_also_seed_themselves_for_each_epoch(
         assert torch.equal(epoch_draws(started("fork"), 2), draws[1])
 
 
+@pytest.mark.slow
 def test_a_slow_loader_is_reported_as_data_bound(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:

@@ -118,6 +118,7 @@ def test_tensorboard_missing_is_a_clear_error_before_training(
     assert not run_dir.exists()
 
 
+@pytest.mark.slow
 def test_plot_draws_the_latest_run_by_default(
     tiny_data: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -151,6 +152,7 @@ def test_plot_draws_the_latest_run_by_default(
     ]
 
 
+@pytest.mark.slow
 def test_plot_compares_runs_in_one_figure(tiny_data: Path, tmp_path: Path, capsys) -> None:
     pytest.importorskip("matplotlib", reason="pip install -e '.[dev]' installs it")
     from matplotlib.image import imread

@@ -265,6 +265,7 @@ def test_packed_dataset_pickles_as_its_directory(tiny_data: Path) -> None:
     assert torch.equal(copy.__getitems__([3, 1])[0], packed.__getitems__([3, 1])[0])
 
 
+@pytest.mark.slow
 def test_packed_batches_with_spawned_workers(tiny_data: Path) -> None:
     assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
     _, packed = split(tiny_data, "validation")
@@ -316,6 +317,7 @@ sys.exit(pack_data.main(["--data-dir", sys.argv[1], "--num-workers", "0"]))
 
 @pytest.mark.skipif(os.name == "nt", reason="a killed run's directory is found by process id")
 @pytest.mark.parametrize("stop", ["kill -9", "Ctrl-C"])
+@pytest.mark.slow
 def test_a_stopped_pack_goes_on_where_it_stopped(
     tiny_data: Path, monkeypatch: pytest.MonkeyPatch, capsys, stop: str
 ) -> None:
@@ -388,6 +390,7 @@ def test_bad_pack_never_replaces_a_good_one_half_way(
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="a named pipe holds the pack half-way")
+@pytest.mark.slow
 def test_a_pack_killed_half_way_leaves_the_previous_pack(tiny_data: Path) -> None:
     assert pack_data.main(["--data-dir", str(tiny_data)]) == 0
     before = snapshot(tiny_data / PACKED)
@@ -692,6 +695,7 @@ def test_an_edit_of_a_helper_that_read_calls_makes_the_pack_stale(
     assert one != thousand
 
 
+@pytest.mark.slow
 def test_a_pack_made_before_read_was_edited_is_never_used(tiny_data: Path, tmp_path: Path) -> None:
     """The project copied, its Dataset.read edited after packing: training from the files says so
     in one line and reads through the edited read(); --data-format packed refuses; pack_data.py

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # a local S3 server: the full suite's (--full)
 pytest.importorskip("litdata", reason='no stream extra: pip install -e ".[stream]"')
 pytest.importorskip("moto.server", reason='moto is not installed: pip install "moto[server]"')
 
@@ -28,12 +29,7 @@ from my_classes import Dataset  # noqa: E402
 from plumbing import loader, preemption, stream  # noqa: E402
 from plumbing.data import load_partition  # noqa: E402
 
-from baked.helpers import (  # noqa: E402
-    read_rows,
-    snapshot,
-    train,
-    weights,  # noqa: E402
-)
+from baked.helpers import read_rows, snapshot, train, weights  # noqa: E402
 
 
 def start_s3_server(log: Path) -> tuple[subprocess.Popen, dict[str, str]]:

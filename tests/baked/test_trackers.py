@@ -18,6 +18,8 @@ from plumbing import cli, trackers
 
 from baked.helpers import read_rows, train
 
+pytestmark = pytest.mark.slow  # MLflow and W&B, read back: the full suite's (--full)
+
 COLUMNS = ("train_loss", "val_loss", "val_accuracy", "lr", "data_wait")  # metrics.csv's
 PROJECT = Path(pytorch_script.__file__).parent
 

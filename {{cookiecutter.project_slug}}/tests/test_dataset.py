@@ -51,9 +51,7 @@ def test_augmentation_keeps_the_shape_and_dtype(data_dir: Path, index: tuple) ->
 
 
 @pytest.mark.parametrize("split", ["train", "validation"])
-def test_packed_data_holds_what_the_dataset_reads(
-    data_dir: Path, index: tuple, split: str
-) -> None:
+def test_packed_data_holds_what_the_dataset_reads(data_dir: Path, index: tuple, split: str) -> None:
     partition, labels, _ = index
     stale = packed_is_stale(data_dir, partition, Dataset)
     if stale:
