@@ -397,9 +397,9 @@ def test_a_checkpoint_without_an_entry_added_since_is_one_line(
     runs_dir = tmp_path / "runs"
     where = ["--data-dir", str(tiny_data), "--runs-dir", str(runs_dir), *COMMON]
     first = [*where, "--max-epochs", "1", "--num-workers", "0", "--run-name", "older"]
-    assert drive(default_project, [[first, None]]) == [0]
+    assert drive(edited(default_project, tmp_path / "before", []), [[first, None]]) == [0]
     before = (runs_dir / "older" / "last.pt").read_bytes()
-    project = edited(default_project, tmp_path, ROWS["schedule per epoch"])
+    project = edited(default_project, tmp_path / "after", ROWS["schedule per epoch"])
     result = subprocess.run(
         [sys.executable, "pytorch_script.py", "--runs-dir", str(runs_dir), "--resume", "older",
          "--max-epochs", "2"],

@@ -180,3 +180,15 @@ def without_torch(tmp_path: Path) -> dict[str, str]:
     (fake / "torch").mkdir(parents=True)
     (fake / "torch" / "__init__.py").write_text("raise ImportError('No module named torch')\n")
     return os.environ | {"PYTHONPATH": str(fake)}
+
+
+@pytest.mark.slow
+def test_the_hooks_own_tests_run_every_line_and_branch_of_them(tmp_path: Path) -> None:
+    """test_pre_gen_hook.py and test_post_gen_hook.py under coverage, in a pytest of their own:
+    below 100% of the hooks' lines and branches (pyproject.toml's fail_under), it fails."""
+    tests = ["tests/test_pre_gen_hook.py", "tests/test_post_gen_hook.py", "-n", "0"]
+    coverage = ["--cov=hooks", "--cov-report=term-missing:skip-covered"]
+    command = [sys.executable, "-m", "pytest", *tests, *coverage, "--basetemp", str(tmp_path)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Required test coverage of 100.0% reached" in result.stdout, result.stdout

@@ -44,9 +44,12 @@ def test_torch_is_pinned_wherever_it_is_installed() -> None:
     assert set(re.findall(r"pip install (torch\S*)", workflow)) == {"torch==2.13.0"}
 
 
+# The benchmarks at tiny sizes: the numbers mean nothing here, the scripts must keep working.
+# One test each, so that they run side by side.
+
+
 @pytest.mark.slow
-def test_the_benchmarks_run_and_print_their_tables() -> None:
-    """Tiny sizes: the numbers mean nothing here, the scripts must just keep working."""
+def test_the_loaders_benchmark_prints_its_table() -> None:
     loaders = [sys.executable, "benchmarks/loaders.py", "--repeats", "1", "--no-memory"]
     out = run([*loaders, "--small", "300", "--large", "20"], ROOT).stdout
     names = ["article, 6 workers", r"files, [1-9]\d* workers", "packed, 0 workers", "limit: NumPy"]
@@ -54,23 +57,46 @@ def test_the_benchmarks_run_and_print_their_tables() -> None:
     names += ["stream, S3, cached, 0 workers"]
     for name in names:  # one row for each sample shape (workers: as many as CPUs)
         assert len(re.findall(f"\n  {name}", out)) == 2, out
-    scale = [sys.executable, "benchmarks/scale.py", "--sizes", "20000", "--repeats", "1"]
+
+
+@pytest.mark.slow
+def test_the_scale_benchmark_prints_its_table() -> None:
+    scale = [sys.executable, "benchmarks/scale.py", "--sizes", "2000", "--repeats", "1"]
     out = run(scale, ROOT).stdout
-    assert re.search(r"\n +20,000 +[\d.]+s .* [\d.]+x\n", out), out  # one row, speed-up last
+    assert re.search(r"\n +2,000 +[\d.]+s .* [\d.]+x\n", out), out  # one row, speed-up last
+
+
+@pytest.mark.slow
+def test_the_bake_time_benchmark_prints_its_table() -> None:
     bake_time = [sys.executable, "benchmarks/bake_time.py", "--repeats", "1"]
     bake = run([*bake_time, "--against", "HEAD"], ROOT).stdout
     assert "cookiecutter --no-input (defaults)" in bake and "defaults / import torch:" in bake
     assert re.search(r"cookiecutter --no-input, at HEAD +[\d.]+", bake), bake
     assert re.search(r"defaults now / at HEAD: [\d.]+", bake), bake
     assert "train one epoch with 2 workers" in bake  # the post-gen hook's steps
+
+
+@pytest.mark.slow
+def test_the_trackers_benchmark_prints_its_table() -> None:
     out = run([sys.executable, "benchmarks/trackers.py", "--repeats", "1"], ROOT).stdout
     for row in ["mlflow, new store", "mlflow, existing store", "wandb, offline"]:
         assert re.search(rf"\n{row} +[\d.]+ \[[\d.]+-[\d.]+\]", out), out
     assert re.search(r"--tracker wandb +[\d.]+ \[[\d.]+-[\d.]+\] s +[\d.]+x", out), out
-    one_test = "test_dataset_returns_each_saved_tensor_and_its_label"
+
+
+@pytest.mark.slow
+def test_the_test_time_and_loop_benchmarks_print_their_tables() -> None:
+    one_test = "test_dry_run_checks_the_whole_run_and_writes_nothing"
     tests = [sys.executable, "benchmarks/test_time.py", "--repeats", "1", "--only", "project"]
     out = run([*tests, "--keyword", one_test], ROOT).stdout
-    assert re.search(r"a generated project's tests +[\d.]+ \([\d.]+ - [\d.]+\); 1 passed", out)
+    assert re.search(
+        r"a generated project's tests +[\d.]+ \([\d.]+ - [\d.]+\); [\d.]+x; 1 passed", out
+    )
+    assert re.search(r"import torch alone +[\d.]+", out), out
+    loop = [sys.executable, "benchmarks/loop.py", "--repeats", "1", "--steps", "5"]
+    out = run(loop, ROOT).stdout
+    assert re.search(r"\narticle +[\d.]+ \[", out) and re.search(r"\nproject +[\d.]+ \[", out), out
+    assert re.search(r"project / article, time per step: [\d.]+ \(overhead [-+][\d.]+%", out), out
 
 
 def test_hooks_tests_and_benchmarks_pass_ruff() -> None:

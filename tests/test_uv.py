@@ -96,7 +96,7 @@ def test_the_readme_s_two_commands_in_their_uv_form(uv_env: dict[str, str], tmp_
 
     # The whole suite under uvx passes (by hand: see README.md); here, in the same environment,
     # the one test that needs --with pip, nested, with its own temporary directory.
-    one = ["tests/test_docs.py", "-k", "constraint_keeps_torch", "-n", "0", "--no-cov"]
+    one = ["tests/test_docs.py", "-k", "constraint_keeps_torch", "-n", "0"]
     one += ["--basetemp", str(tmp_path / "inner")]
     out = run([*UV, "tool", "run", *test.split()[1:], *one], ROOT, uv_env)
     assert re.search(r"\b1 passed\b", out.stdout), out.stdout
