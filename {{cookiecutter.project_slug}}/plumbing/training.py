@@ -5,7 +5,7 @@ signals that stop it, the NaN watch, progress bars, data-wait, metrics and check
         for epoch in run.epochs(max_epochs):
             train_loss = train(model, run.batches(training_generator), ...)
             val_loss, val_accuracy = validate(model, run.batches(validation_generator), ...)
-            run.end_epoch(score, train_loss=train_loss, val_loss=val_loss, ...)
+            run.end_epoch(epoch, score, train_loss=train_loss, val_loss=val_loss, ...)
 
 `state` is what last.pt saves after every epoch (and inside one, on a signal) and --resume
 restores, entry by entry: plumbing/checkpoints.py.
@@ -25,7 +25,7 @@ from tqdm import tqdm
 from plumbing import checkpoints, distributed, loader, metrics, runs
 from plumbing.cli import Settings
 from plumbing.data import location
-from plumbing.errors import NonFiniteLoss, SetupError, Stopped, on_every_rank
+from plumbing.errors import CheckpointError, NonFiniteLoss, SetupError, Stopped, on_every_rank
 from plumbing.facts import Facts
 from plumbing.preemption import StopSignals
 from plumbing.seeding import seed_epoch
@@ -54,6 +54,10 @@ def start(
 
 
 class Run(AbstractContextManager):
+    """One run, as `with` holds it: its epochs, its passes over the data, what ends an epoch
+    (the log, the checkpoints, a stop on a signal), and on the way out its log and signals
+    closed and, if it wrote nothing, its directory removed."""
+
     def __init__(
         self,
         settings: Settings,
@@ -79,7 +83,7 @@ class Run(AbstractContextManager):
                     f" reads {settings.data_dir}")  # fmt: skip
             last = run_dir / "last.pt"
             if not last.exists():  # a rank on another machine, whose --runs-dir is not rank 0's
-                raise checkpoints.CheckpointError(
+                raise CheckpointError(
                     f"{last} not found here, where rank 0 resumes from it: give every machine"
                     " one --runs-dir, on a file system they share"
                 )
@@ -131,16 +135,14 @@ class Run(AbstractContextManager):
         inside, self.inside = (self.inside, None) if training else (None, self.inside)
         return Pass(self, generator, training, inside)
 
-    def autocast(self) -> torch.autocast:
-        """--amp: float16 on CUDA, bfloat16 elsewhere (the CPU has no fast float16)."""
-        device = self.facts.device
-        dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-        return torch.autocast(device.type, dtype=dtype, enabled=self.settings.amp)
-
     def end_epoch(self, epoch: int, score: float, **logged: float) -> None:
         """Log the epoch's metrics (with the learning rate and data_wait), save last.pt, and
         best.pt when score is the best so far (rank 0); stop here if a signal came."""
-        assert epoch == self.epoch, f"end_epoch({epoch}) in epoch {self.epoch}"
+        if epoch != self.epoch:
+            raise SetupError(
+                f"run.end_epoch({epoch}, ...) in epoch {self.epoch}: pytorch_script.py calls it"
+                " once, last in the loop over epochs, with the epoch run.epochs() gave"
+            )
         row = {name: float(value) for name, value in logged.items()}
         if self.lr is not None:
             row["lr"] = self.lr
@@ -204,7 +206,10 @@ class Pass:
         self.watch = Watch(generator, run.epoch, run.settings, self.device)
 
     def autocast(self) -> torch.autocast:
-        return self.run.autocast()
+        """--amp: float16 on CUDA, bfloat16 elsewhere (the CPU has no fast float16); without
+        it, nothing."""
+        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.run.settings.amp)
 
     def record(self, loss: torch.Tensor) -> None:
         """The loss of the batch just given (its mean over the batch): summed on the device, as
