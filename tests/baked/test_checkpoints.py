@@ -441,3 +441,30 @@ def test_ctrl_c_keeps_the_last_complete_epoch_and_resume_goes_on(
     flags = ["--num-workers", "2", "--batch-size", "8", "--max-epochs", str(epoch + 1)]
     assert train(tiny_data, run_dir, *flags, "--resume", "run-1") == 0
     assert epochs_logged(run_dir) == list(range(1, epoch + 2))
+
+
+def test_a_state_entry_that_weights_only_refuses_is_named_at_its_first_save() -> None:
+    """A user's own entry whose state_dict() holds a NumPy number: every checkpoint would
+    refuse to load (weights_only=True), so the first save says which entry, and how."""
+    import numpy as np
+
+    with pytest.raises(checkpoints.SetupError) as refused:
+        checkpoints.loadable("counter", {"best": np.float64(0.5)})
+    assert str(refused.value).startswith(
+        "state['counter'].state_dict() holds what torch.load(..., weights_only=True) refuses ("
+    )
+    assert str(refused.value).endswith(": make it tensors and plain types (float(x), x.tolist())")
+    checkpoints.loadable("counter", {"best": 0.5, "history": [1, 2], "t": torch.ones(2)})
+
+
+def test_ctrl_c_before_anything_is_saved_says_nothing_was_written(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    def interrupted(*args: object) -> float:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pytorch_script, "train", interrupted)
+    run_dir = tmp_path / "runs" / "run-1"
+    assert train(tiny_data, run_dir, "--num-workers", "0") == 130
+    assert capsys.readouterr().err == "interrupted: nothing was written\n"
+    assert not run_dir.exists()

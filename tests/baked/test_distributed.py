@@ -280,3 +280,22 @@ def test_validation_counts_every_sample_once_whatever_the_padding(
         combined = sum(result[i] * share for *result, share in per_rank) / 75
         assert combined == pytest.approx(whole[i], abs=1e-6)
     assert whole[:2] == pytest.approx(measured_directly(model, validation_set), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_validation_split_smaller_than_the_ranks_is_one_line(tmp_path: Path) -> None:
+    """A rank with nothing to validate would miss the broadcast of BatchNorm's buffers that
+    DistributedDataParallel makes at validation's first forward pass: refused before training."""
+    data_dir = tmp_path / "data"
+    make_sample_data(
+        data_dir, num_samples=65, shape=(1, 8, 8), num_classes=4, validation_fraction=0.01
+    )
+    runs = ["--runs-dir", str(tmp_path / "runs"), "--batch-size", "8"]
+    result = torchrun("--data-dir", str(data_dir), *runs)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert errors == [
+        f"error: {data_dir}: the validation split holds 1 samples, fewer than the 2 ranks: add"
+        " samples to it, or start fewer processes"
+    ], result.stderr
+    assert not (tmp_path / "runs").exists()

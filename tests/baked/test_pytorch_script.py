@@ -13,7 +13,7 @@ import torch
 from plumbing import cli, runs
 from plumbing.data import digest, load_partition
 
-from baked.helpers import snapshot, train
+from baked.helpers import edited_project, in_one_python, read_rows, snapshot, train
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
@@ -410,3 +410,117 @@ def test_a_run_that_fails_before_its_first_epoch_leaves_no_directory(
     (tiny_data / f"{partition['train'][5]}.pt").write_bytes(b"no tensor")  # fails in epoch 1
     assert script(tiny_data, runs_dir, "--max-epochs", "1") == 1
     assert not runs_dir.exists() or list(runs_dir.iterdir()) == []
+
+
+# --resume goes on with the run's settings: what a requeued job and a user give again.
+
+
+@pytest.mark.slow
+def test_a_requeued_job_that_repeats_its_flags_keeps_a_scheduled_learning_rate(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """train.sbatch passes the same flags to every start: --lr given again, with the value the
+    run has, does not reset what a scheduler made of it, and the run ends bit for bit."""
+    project = edited_project(tmp_path, STEP_LR, STEP_LR_STEP)
+    common = ["--device", "cpu", "--data-dir", str(tiny_data), "--runs-dir", str(tmp_path / "runs")]
+    common += ["--batch-size", "32", "--num-workers", "0", "--lr", "0.01", "--tracker", "none"]
+    results = in_one_python(
+        project,
+        ("pytorch_script.py", [*common, "--max-epochs", "4", "--run-name", "whole"]),
+        ("pytorch_script.py", [*common, "--max-epochs", "2", "--run-name", "halves"]),
+        ("pytorch_script.py", [*common, "--max-epochs", "4", "--resume", "halves"]),
+    )
+    assert [result.returncode for result in results] == [0, 0, 0], results[-1].stderr
+    rows = [read_rows(tmp_path / "runs" / name / "metrics.csv") for name in ("whole", "halves")]
+    assert [row["lr"] for row in rows[1]] == [0.01, 0.005, 0.0025, 0.00125]
+    for row in (*rows[0], *rows[1]):
+        del row["data_wait"]  # a measured time
+    assert rows[0] == rows[1]
+    starts = json.loads((tmp_path / "runs" / "halves" / "settings.json").read_text())
+    assert "lr" not in starts[1]["given"]  # given again, unchanged: not a change
+
+
+STEP_LR = (
+    "pytorch_script.py",
+    '    state = {"model": model, "optimizer": optimizer, "scaler": scaler}',
+    "    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)\n"
+    '    state = {"model": model, "optimizer": optimizer, "scaler": scaler}\n'
+    '    state["scheduler"] = scheduler',
+)
+STEP_LR_STEP = ("pytorch_script.py", "            score = val_accuracy\n",
+                "            scheduler.step()\n            score = val_accuracy\n")  # fmt: skip
+
+
+def test_a_flag_that_no_longer_parses_is_one_line_unless_given_again(
+    tiny_data: Path, tmp_path: Path, capsys
+) -> None:
+    runs_dir = tmp_path / "runs"
+    assert script(tiny_data, runs_dir, "--max-epochs", "1") == 0
+    path = runs_dir / "run-1" / "settings.json"
+    starts = json.loads(path.read_text())
+    path.write_text(json.dumps([starts[0] | {"lr": "abc"}]))
+    capsys.readouterr()
+    assert pytorch_script.main(["--runs-dir", str(runs_dir), "--resume", "--max-epochs", "2"]) == 1
+    assert capsys.readouterr().err == (
+        f"error: {path}: the run's --lr 'abc' no longer parses (could not convert string to"
+        " float: 'abc'): correct it there, or give the flag on the command line\n"
+    )
+    resume = ["--runs-dir", str(runs_dir), "--resume", "--max-epochs", "2", "--lr", "0.002"]
+    assert pytorch_script.main(resume) == 0
+    assert json.loads(path.read_text())[-1]["lr"] == 0.002
+
+
+def test_amp_and_log_model_can_be_turned_off_when_resuming(tiny_data: Path, tmp_path: Path) -> None:
+    runs_dir = tmp_path / "runs"
+    assert script(tiny_data, runs_dir, "--max-epochs", "1", "--amp") == 0
+    path = runs_dir / "run-1" / "settings.json"
+    assert json.loads(path.read_text())[-1]["amp"] is True
+    assert pytorch_script.main(["--runs-dir", str(runs_dir), "--resume"]) == 0  # nothing to do
+    assert pytorch_script.main(["--runs-dir", str(runs_dir), "--resume", "--no-amp",
+                                "--max-epochs", "2"]) == 0  # fmt: skip
+    assert [start["amp"] for start in json.loads(path.read_text())] == [True, False]
+
+
+def test_a_flag_added_without_a_field_of_settings_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """As a user adds a flag of theirs to plumbing/cli.py's parser, and forgets Settings."""
+    parser = cli.training_parser
+
+    def with_a_flag(description: str) -> object:
+        p = parser(description)
+        p.add_argument("--label-smoothing", type=float, default=0.0)
+        return p
+
+    monkeypatch.setattr(cli, "training_parser", with_a_flag)
+    with pytest.raises(SystemExit) as exited:
+        pytorch_script.main([])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        "error: plumbing/cli.py: give Settings a field for each flag of yours (label_smoothing)\n"
+    )
+
+
+@pytest.mark.slow
+def test_train_may_leave_its_loop_early_and_max_epochs_be_written_in(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """Two edits a user makes: a break in train()'s loop (a few steps an epoch), and
+    max_epochs written in, as the article does: the run goes on, --dry-run does one epoch."""
+    project = edited_project(
+        tmp_path,
+        ("pytorch_script.py", "        batches.record(loss)  # the epoch's mean loss",
+         "        if batches.number == 3:\n            break\n        batches.record(loss)  #"),
+        ("pytorch_script.py", "    max_epochs = settings.max_epochs", "    max_epochs = 3"),
+    )  # fmt: skip
+    common = ["--device", "cpu", "--data-dir", str(tiny_data), "--runs-dir", str(tmp_path / "runs")]
+    common += ["--batch-size", "16", "--num-workers", "0", "--tracker", "none"]
+    dry, whole = in_one_python(
+        project, ("pytorch_script.py", [*common, "--dry-run"]), ("pytorch_script.py", common)
+    )
+    assert (dry.returncode, whole.returncode) == (0, 0), dry.stderr + whole.stderr
+    assert "epoch 1/1 " in dry.stdout and "epoch 2/" not in dry.stdout
+    rows = read_rows(tmp_path / "runs" / "run-1" / "metrics.csv")
+    assert [row["epoch"] for row in rows] == [1, 2, 3] and all(
+        row["train_loss"] > 0 for row in rows
+    )

@@ -102,6 +102,9 @@ def contents(state: State, settings: Settings, facts: Facts, epoch: int, best_sc
     """A checkpoint of state after epoch `epoch`."""
     entries = {name: unwrapped(entry) for name, entry in state.items()}
     checkpoint = {name: entry.state_dict() for name, entry in entries.items()}
+    for name, entry in entries.items():
+        if not isinstance(entry, (nn.Module, torch.optim.Optimizer, torch.amp.GradScaler)):
+            loadable(name, checkpoint[name])
     classes = {name: type(entry).__qualname__ for name, entry in entries.items()}
     return checkpoint | {
         "state": list(entries),
@@ -129,6 +132,21 @@ def grads(entries: Mapping[str, Stateful]) -> dict | None:
     }
     found = {name: tensors for name, tensors in found.items() if tensors}
     return found or None
+
+
+def loadable(name: str, state_dict: object) -> None:
+    """An entry's state_dict() must load with weights_only=True, as last.pt does: tensors and
+    plain types (a NumPy number, a deque would make every checkpoint refuse to load)."""
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
+    try:
+        torch.load(buffer, weights_only=True)
+    except Exception as err:
+        raise SetupError(
+            f"state[{name!r}].state_dict() holds what torch.load(..., weights_only=True) refuses"
+            f" ({load_error(err)}): make it tensors and plain types (float(x), x.tolist())"
+        ) from None
 
 
 def kept(settings: Settings, facts: Facts) -> dict:
@@ -182,10 +200,11 @@ def save(checkpoint: dict, path: Path) -> None:
         ) from None
 
 
-def load(path: Path, device: torch.device) -> dict:
-    """A checkpoint written by save; tensors and plain types only (weights_only)."""
+def load(path: Path) -> dict:
+    """A checkpoint written by save, on the CPU (load_state_dict puts each entry where its
+    object is); tensors and plain types only (weights_only)."""
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path} not found") from None
     except Exception as err:
@@ -209,7 +228,7 @@ def restore(
     start from, the best score so far, and this rank's Position when the run stopped inside
     that epoch. Refused in one line, with nothing loaded, when it belongs to other data,
     another --batch-size or other entries than state's."""
-    checkpoint = load(path, facts.device)
+    checkpoint = load(path)
     new = "start a new run (--run-name)"
     saved_for = (tuple(checkpoint["input_shape"]), checkpoint["num_classes"])
     if saved_for != (facts.input_shape, facts.num_classes):
@@ -242,7 +261,8 @@ def restore(
         ) from None
     for name, tensors in (checkpoint.get("grads") or {}).items():
         for key, parameter in entries[name].named_parameters():
-            parameter.grad = tensors.get(key)
+            grad = tensors.get(key)
+            parameter.grad = None if grad is None else grad.to(parameter.device)
     if "lr" in settings.given:  # this command's --lr, over the one the optimizer saved
         for entry in entries.values():
             for group in getattr(entry, "param_groups", []):

@@ -123,6 +123,10 @@ def training_settings(argv: list[str] | None, description: str) -> Settings:
     """The command line as Settings; an error in it exits (status 2), as argparse does."""
     p = training_parser(description)
     args = p.parse_args(argv)
+    fields = {field.name for field in dataclasses.fields(Settings)}
+    if set(vars(args)) - fields:  # a flag added to training_parser alone
+        unknown = ", ".join(sorted(set(vars(args)) - fields))
+        p.error(f"plumbing/cli.py: give Settings a field for each flag of yours ({unknown})")
     # The flags this command line gives: parsed again, with every default left out.
     for action in p._actions:
         action.default = argparse.SUPPRESS
@@ -249,12 +253,14 @@ def training_parser(description: str) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--log-model",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=False,
         help="with --tracker: also store best.pt there when the run finishes",
     )
     p.add_argument(
         "--amp",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=False,
         help="mixed precision: bfloat16 on the CPU, float16 with loss scaling on CUDA",
     )
     p.add_argument(

@@ -55,7 +55,7 @@ def status(fit: Callable[[cli.Settings], None], settings: cli.Settings) -> int:
             where = (
                 f"{run_dir / 'last.pt'} holds its last checkpoint, if any; --resume"
                 f" {run_dir.name} goes on from it"
-                if run_dir
+                if run_dir and run_dir.exists()  # (a run that wrote nothing has none)
                 else "nothing was written"
             )
             print(f"interrupted{who}: {where}", file=sys.stderr)

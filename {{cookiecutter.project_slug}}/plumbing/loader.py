@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from plumbing import distributed, preemption
-from plumbing.errors import DataError, LoaderTimeout, SetupError
+from plumbing.errors import DataError, LoaderTimeout, SetupError, on_every_rank
 from plumbing.seeding import epoch_seed, seed_reads
 
 
@@ -69,7 +69,7 @@ def make(
         pin_memory=device.type == "cuda",  # page-locked batches copy to a CUDA device faster
         persistent_workers=num_workers > 0,  # start the workers once, not every epoch
         prefetch_factor=settings.prefetch_factor if num_workers > 0 else None,
-        # DataLoader times its workers; with none, Batches times the reads of this process.
+        # DataLoader times its workers; with none, training.Pass times the reads of this process.
         timeout=settings.loader_timeout if num_workers > 0 else 0,
         generator=torch.Generator().manual_seed(settings.seed),
         # PackedDataset hands over whole batches, already stacked.
@@ -120,21 +120,27 @@ def set_epoch(generator: torch.utils.data.DataLoader, epoch: int) -> None:
 
 
 def check_batch_fits(training_generator: torch.utils.data.DataLoader, data_dir: Path) -> None:
-    """A training split smaller than one batch would make each epoch one step of a part batch."""
+    """A training split smaller than one batch would make each epoch one step of a part batch
+    (every rank finds it: one line)."""
+    batch_size = training_generator.batch_size
     if streamed(training_generator.dataset):
         if len(training_generator) == 0:
-            raise DataError(
-                f"{data_dir}: the training split holds fewer samples than one batch (--batch-size"
-                f" {training_generator.batch_size}) for each rank: lower --batch-size"
+            raise on_every_rank(
+                DataError(
+                    f"{data_dir}: the training split holds fewer samples than one batch"
+                    f" (--batch-size {batch_size}) for each rank: lower --batch-size"
+                )
             )
         return
-    sampler, batch_size = training_generator.sampler, training_generator.batch_size
+    sampler = training_generator.sampler
     if len(sampler) < batch_size:
         ranks = f", {len(sampler)} for each of the ranks" if sampler.num_replicas > 1 else ""
-        raise DataError(
-            f"{data_dir / 'partition.json'}: 'train' lists {len(sampler.dataset)} samples{ranks},"
-            f" fewer than one batch (--batch-size {batch_size}): lower --batch-size or add"
-            " samples"
+        raise on_every_rank(
+            DataError(
+                f"{data_dir / 'partition.json'}: 'train' lists {len(sampler.dataset)}"
+                f" samples{ranks}, fewer than one batch (--batch-size {batch_size}): lower"
+                " --batch-size or add samples"
+            )
         )
 
 

@@ -60,16 +60,16 @@ class Log:
         self.hint, self.say = data_bound_hint, say
         self.file = self.writer = None
         self.columns: list[str] = []
-        self.warned_data_bound = False
+        self.warned_data_bound = self.settings_saved = False
         if settings.tensorboard and rank() == 0:
             # Now, rather than fail after the first epoch; --dry-run too, which checks a run.
             tensorboard_writer_class()
         self.tracker = trackers.start(settings, facts, say)  # on rank 0; a failure fails all
         self.tracker_failed = False
 
-    def epoch(self, epoch: int, row: dict[str, float], started: float) -> None:
-        """Report one finished epoch, which started at time.perf_counter() `started`: row holds
-        its metrics, the learning rate and data_wait last."""
+    def epoch(self, epoch: int, max_epochs: int, row: dict[str, float], started: float) -> None:
+        """Report one finished epoch of max_epochs, which started at time.perf_counter()
+        `started`: row holds its metrics, the learning rate and data_wait last."""
         shown = "  ".join(
             f"{name} {value:.0%}" if name == "data_wait"
             else f"{name} {value:.3g}" if name == "lr"
@@ -77,7 +77,7 @@ class Log:
             for name, value in row.items()
         )  # fmt: skip
         elapsed = time.perf_counter() - started
-        self.say(f"epoch {epoch}/{self.settings.max_epochs}  {shown}  ({elapsed:.1f} s)")
+        self.say(f"epoch {epoch}/{max_epochs}  {shown}  ({elapsed:.1f} s)")
         data_wait = row.get("data_wait", 0.0)
         if data_wait > DATA_WAIT_WARNING and not self.warned_data_bound:
             self.warned_data_bound = True
@@ -113,10 +113,18 @@ class Log:
                 )
                 self.tracker_failed = True  # rather than wait for it again each epoch
 
-    def _open(self) -> None:
+    def save_settings(self) -> None:
+        """This start's entry of settings.json (its flags, those given, what the run found),
+        once, when the run first writes something (an epoch's end, or a stop inside one)."""
+        if self.run_dir is None or self.settings_saved:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         given, found = sorted(self.settings.given), self.facts.as_dict()
         save_settings(self.run_dir, self.settings.flags() | {"given": given, "found": found})
+        self.settings_saved = True
+
+    def _open(self) -> None:
+        self.save_settings()
         path = self.run_dir / "metrics.csv"
         if self.settings.tensorboard:
             SummaryWriter = tensorboard_writer_class()

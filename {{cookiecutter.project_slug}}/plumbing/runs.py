@@ -2,6 +2,7 @@
 and settings.json together, so that no run overwrites or appends to another's; and a resumed
 run's settings, as it was started."""
 
+import argparse
 import dataclasses
 import json
 import re
@@ -19,7 +20,8 @@ THIS_START = ("resume", "run_name", "runs_dir", "device", "dry_run")
 def continued(settings: cli.Settings) -> cli.Settings:
     """settings, for --resume of a run that has settings.json: the flags of its latest start,
     with those this command line gives over them (a requeued job that repeats its flags runs
-    as before). --resume without a name is resolved to the run it goes on with."""
+    as before), and given: those that differ from the run's. --resume without a name is
+    resolved to the run it goes on with."""
     if settings.resume is None:
         return settings
     name = settings.resume or settings.run_name or latest(settings.runs_dir)
@@ -27,29 +29,28 @@ def continued(settings: cli.Settings) -> cli.Settings:
         return settings
     settings = dataclasses.replace(settings, resume=name)
     path = settings.runs_dir / name / "settings.json"
-    if not path.is_file():
-        return settings
-    stored = (starts(path) or [{}])[-1]  # [] for a run whose first start wrote none yet
-    argv = []
+    stored = latest_start(path.parent)  # {} for a run whose first start wrote none yet
+    run = {}  # the run's flags, as the parser takes them
     for action in cli.training_parser("")._actions:
-        value = stored.get(action.dest)
-        if action.dest in THIS_START or action.dest not in stored or value is None:
+        flag, value = action.dest, stored.get(action.dest)
+        if flag not in stored or flag in THIS_START:
             continue
-        flag = action.option_strings[0]
-        if isinstance(value, bool) and action.nargs == 0:  # --amp, --shuffle / --no-shuffle
-            if value or len(action.option_strings) > 1:
-                argv.append(flag if value else action.option_strings[1])
-        else:
-            argv += [flag, str(value)]
-    try:
-        run = cli.training_settings(argv, "")
-    except SystemExit:  # argparse said why, above
-        raise SetupError(
-            f"{path}: the flags of the run's last start no longer parse (argparse's line above):"
-            " correct them there, or give each on the command line"
-        ) from None
-    this = {name: getattr(settings, name) for name in {*settings.given, *THIS_START}}
-    return dataclasses.replace(run, **this, given=settings.given)
+        if isinstance(value, str) and callable(action.type):
+            try:
+                value = action.type(value)
+            except (argparse.ArgumentTypeError, TypeError, ValueError) as err:
+                if flag in settings.given:  # given again: this command's value stands
+                    continue
+                raise SetupError(
+                    f"{path}: the run's --{flag.replace('_', '-')} {value!r} no longer parses"
+                    f" ({err}): correct it there, or give the flag on the command line"
+                ) from None
+        run[flag] = value
+    # A flag given again with the value the run has is no change (a requeued job repeats its
+    # flags): --lr given so does not reset a scheduled learning rate.
+    given = {flag for flag in settings.given if run.get(flag, ...) != getattr(settings, flag)}
+    kept = {flag: value for flag, value in run.items() if flag not in settings.given}
+    return dataclasses.replace(settings, **kept, given=frozenset(given))
 
 
 def open_dir(settings: cli.Settings) -> tuple[Path | None, bool]:
@@ -168,7 +169,7 @@ def save_settings(run_dir: Path, entry: dict) -> None:
     atomic_write_text(path, text + "\n")
 
 
-def started_with(run_dir: Path) -> dict:
-    """The flags of the run's first start, or {} where there is no settings.json."""
+def latest_start(run_dir: Path) -> dict:
+    """The flags of the run's latest start, or {} where there is no settings.json."""
     path = run_dir / "settings.json"
-    return ((starts(path) if path.exists() else []) or [{}])[0]
+    return ((starts(path) if path.exists() else []) or [{}])[-1]

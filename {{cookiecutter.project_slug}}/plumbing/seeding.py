@@ -52,7 +52,7 @@ def rng_states() -> dict:
 def set_rng_states(states: dict) -> None:
     random.setstate(states["python"])
     kind, keys, position, has_gauss, gauss = states["numpy"]
-    np.random.set_state((kind, keys.numpy(), position, has_gauss, gauss))
+    np.random.set_state((kind, keys.cpu().numpy(), position, has_gauss, gauss))
     torch.set_rng_state(states["torch"].cpu())
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])

@@ -25,7 +25,14 @@ from tqdm import tqdm
 from plumbing import checkpoints, distributed, loader, metrics, runs
 from plumbing.cli import Settings
 from plumbing.data import location
-from plumbing.errors import CheckpointError, NonFiniteLoss, SetupError, Stopped, on_every_rank
+from plumbing.errors import (
+    CheckpointError,
+    DataError,
+    NonFiniteLoss,
+    SetupError,
+    Stopped,
+    on_every_rank,
+)
 from plumbing.facts import Facts
 from plumbing.preemption import StopSignals
 from plumbing.seeding import seed_epoch
@@ -77,7 +84,7 @@ class Run(AbstractContextManager):
             nothing = "nothing to resume yet: " if settings.resume is not None else ""
             say(f"{nothing}starting {run_dir}")
         elif run_dir is not None:
-            data_dir = runs.started_with(run_dir).get("data_dir")
+            data_dir = runs.latest_start(run_dir).get("data_dir")
             if data_dir is not None and location(data_dir) != settings.data_dir:
                 say(f"warning: {run_dir} was started with --data-dir {data_dir}; this run"
                     f" reads {settings.data_dir}")  # fmt: skip
@@ -99,12 +106,23 @@ class Run(AbstractContextManager):
         sampler = getattr(validation_generator, "sampler", None)
         if isinstance(sampler, loader.EpochSampler):
             sampler.even = False  # every sample validated once, under torchrun too
+        num_validation, ranks = len(validation_generator.dataset), distributed.world_size()
+        if num_validation < ranks:
+            # A rank with nothing to validate would miss DistributedDataParallel's broadcast
+            # of the buffers (BatchNorm's) at the first forward pass of validation.
+            raise on_every_rank(
+                DataError(
+                    f"{settings.data_dir}: the validation split holds {num_validation} samples,"
+                    f" fewer than the {ranks} ranks: add samples to it, or start fewer processes"
+                )
+            )
         hint = loader.data_bound_hint(settings.data_dir, training_generator)
         self.log = metrics.Log(settings, facts, self.start_epoch, hint, say)
         self.epoch = self.max_epochs = 0
         self.started = time.perf_counter()
         self.lr: float | None = None
         self.data_wait = 0.0  # of the epoch's training pass (Pass sets it: no cycle back to it)
+        self.watch: Watch | None = None  # the NaN watch of the epoch's training pass
         # Objects made so far live as long as the run: keep the garbage collector of each forked
         # worker from writing to them, which would copy their pages into it (tens of MB each).
         gc.freeze()
@@ -112,8 +130,9 @@ class Run(AbstractContextManager):
         self.stop = StopSignals()
 
     def epochs(self, max_epochs: int) -> Iterator[int]:
-        """The epochs to train, from 1 or from where a resumed run stopped, to max_epochs."""
-        self.max_epochs = max_epochs
+        """The epochs to train, from 1 or from where a resumed run stopped, to max_epochs (1
+        with --dry-run)."""
+        self.max_epochs = max_epochs = 1 if self.settings.dry_run else max_epochs
         for epoch in range(self.start_epoch, max_epochs + 1):
             self.epoch, self.started = epoch, time.perf_counter()
             self.lr = learning_rate(self.state)  # what the epoch's first step uses
@@ -143,11 +162,15 @@ class Run(AbstractContextManager):
                 f"run.end_epoch({epoch}, ...) in epoch {self.epoch}: pytorch_script.py calls it"
                 " once, last in the loop over epochs, with the epoch run.epochs() gave"
             )
+        if self.watch is not None:  # (train() may have left its loop early)
+            self.watch.check()  # a NaN is not saved
+        getattr(self.training_generator.dataset, "confirm", lambda: None)()  # as Pass does
         row = {name: float(value) for name, value in logged.items()}
         if self.lr is not None:
             row["lr"] = self.lr
         row["data_wait"] = self.data_wait
-        self.log.epoch(self.epoch, row, self.started)
+        self.log.epoch(self.epoch, self.max_epochs, row, self.started)
+        score = float(score)  # a NumPy number would make the checkpoint refuse to load
         best = score > self.best_score
         self.best_score = max(score, self.best_score)
         if self.log.run_dir is not None:  # rank 0, not --dry-run
@@ -167,6 +190,7 @@ class Run(AbstractContextManager):
         where = checkpoints.Position(
             self.epoch, one_pass.number, one_pass.loss_sum, one_pass.num_samples, lr=self.lr
         )
+        self.log.save_settings()  # what a bare --resume goes on with, even in the first epoch
         checkpoints.save_inside_epoch(
             self.state, self.settings, self.facts, where, self.best_score, self.training_generator
         )
@@ -202,8 +226,9 @@ class Pass:
         self.loss_sum = torch.zeros((), device=self.device)
         self.num_samples = 0
         self.data_wait = 0.0
-        self.mean = None
         self.watch = Watch(generator, run.epoch, run.settings, self.device)
+        if training:
+            run.watch = self.watch
 
     def autocast(self) -> torch.autocast:
         """--amp: float16 on CUDA, bfloat16 elsewhere (the CPU has no fast float16); without
@@ -219,13 +244,17 @@ class Pass:
         self.watch.note(self.loss_sum, self.number)
 
     def mean_loss(self) -> float:
-        """The mean of the recorded losses over the pass, every rank's samples counted."""
-        if self.mean is None:
+        """The mean of the losses recorded in the pass so far, every rank's samples counted;
+        a NaN or infinite one stops the run (NonFiniteLoss)."""
+        totals = [self.loss_sum, self.num_samples]
+        loss_sum, num_samples = distributed.all_sum(totals, self.device)
+        self.watch.check()
+        if not num_samples:
             raise SetupError(
                 "train() in pytorch_script.py must call batches.record(loss) after each step,"
                 " and batches.mean_loss() once its loop is done"
             )
-        return self.mean
+        return loss_sum / num_samples
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         run, generator = self.run, self.generator
@@ -272,12 +301,6 @@ class Pass:
             run.data_wait = self.data_wait
         # The packed copy's check of every file ends before anything of this pass is saved.
         getattr(generator.dataset, "confirm", lambda: None)()
-        if self.training:
-            totals = [self.loss_sum, self.num_samples]
-            loss_sum, num_samples = distributed.all_sum(totals, self.device)
-            self.watch.check()
-            if num_samples:
-                self.mean = loss_sum / num_samples
 
 
 class Watch:
@@ -352,7 +375,7 @@ class EarlyStopping:
 
     def step(self, score: float) -> None:
         if score > self.best:
-            self.best, self.bad_epochs = score, 0
+            self.best, self.bad_epochs = float(score), 0
         else:
             self.bad_epochs += 1
 

@@ -56,19 +56,20 @@ def test_a_run_stopped_inside_an_epoch_resumes_bit_for_bit(
     flags = ["--batch-size", str(batch_size), "--max-epochs", "2"]
     assert train(data, runs_dir, num_classes, *flags, "--run-name", "whole") == 0
 
-    def stopped_in_epoch_2(model: object, batches: object, *rest: object) -> object:
-        if batches.epoch == 2:
+    def stopped_in_epoch_1(model: object, batches: object, *rest: object) -> object:
+        if batches.epoch == 1:
             batches = SignalledAfter(batches, number=2)
         return original(model, batches, *rest)
 
     original = pytorch_script.train
     with monkeypatch.context() as patch:
-        patch.setattr(pytorch_script, "train", stopped_in_epoch_2)
+        patch.setattr(pytorch_script, "train", stopped_in_epoch_1)
         assert train(data, runs_dir, num_classes, *flags, "--run-name", "halves") == 75
     halves = torch.load(runs_dir / "halves" / "last.pt", weights_only=True)
-    assert (halves["epoch"], halves["inside"]["batches"]) == (1, 2)
+    assert (halves["epoch"], halves["inside"]["batches"]) == (0, 2)
 
-    # As a requeued job goes on: --resume alone takes the run's own settings.
+    # As a requeued job goes on: --resume alone takes the run's own settings (its batch size,
+    # its epochs), saved with last.pt even though no epoch ended.
     resume = ["--device", "cpu", "--runs-dir", str(runs_dir), "--resume", "halves"]
     assert pytorch_script.main(resume) == 0
     whole, halves = (
