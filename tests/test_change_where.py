@@ -199,6 +199,24 @@ ROWS = {
         )
     ],
     "best metric": [("pytorch_script.py", "score = val_accuracy", "score = -val_loss")],
+    "a flag": [
+        (
+            "plumbing/cli.py",
+            "    dry_run: bool\n",
+            "    dry_run: bool\n    label_smoothing: float\n",
+        ),
+        (
+            "plumbing/cli.py",
+            "    return p\n",
+            '    p.add_argument("--label-smoothing", type=float, default=0.1, help="of the loss")\n'
+            "    return p\n",
+        ),
+        (
+            "pytorch_script.py",
+            "nn.CrossEntropyLoss()",
+            "nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)",
+        ),
+    ],
     "another metric": [
         (
             "pytorch_script.py",
@@ -222,6 +240,7 @@ README_ROW = {
     "read": "how one sample is read",
     "augmentation": "random augmentation",
     "best metric": "the metric that picks `best.pt`",
+    "a flag": "a flag of yours",
     "another metric": "another metric",
 }
 FLAGS = {"optimizer": ["--lr", "0.05"]}  # as the row says: SGD wants a larger learning rate
