@@ -139,7 +139,7 @@ ROWS = {
             "        scaler.update()\n"
             "        optimizer.zero_grad(set_to_none=True)",
             "        scaler.scale(loss / 4).backward()\n"
-            "        if batches.number % 4 == 0:\n"
+            "        if batches.number % 4 == 0 or batches.last:\n"
             "            scaler.step(optimizer)\n"
             "            scaler.update()\n"
             "            optimizer.zero_grad(set_to_none=True)",
@@ -247,7 +247,7 @@ FLAGS = {"optimizer": ["--lr", "0.05"]}  # as the row says: SGD wants a larger l
 
 # In one Python, each run of the list [argv, stop] in turn: pytorch_script.main(argv), with a
 # SIGTERM raised in the training process after batch stop[1] of epoch stop[0] (as a cluster
-# preempts a job: the run's own handler takes it); prints their exit statuses.
+# preempts a job: the run's own handler takes it); their exit statuses go to statuses-RANK.json.
 DRIVER = """
 import json, os, signal, sys
 import pytorch_script
@@ -269,7 +269,8 @@ training.Pass.__iter__ = stopping
 statuses = []
 for argv, stop_at in json.loads(sys.argv[1]):
     statuses.append(pytorch_script.main(argv))
-print(json.dumps(statuses))
+with open(f"statuses-{os.environ.get('RANK', '0')}.json", "w") as f:  # a file a rank
+    json.dump(statuses, f)
 """
 
 
@@ -285,10 +286,11 @@ def edited(project: Path, where: Path, edits: list[tuple[str, str, str]]) -> Pat
     return copy
 
 
-def drive(project: Path, runs: list, command: list[str] | None = None) -> list[int]:
+def drive(project: Path, runs: list) -> list[int]:
+    """The exit status of each run of DRIVER's list, in one new Python in project."""
     (project / "driver.py").write_text(DRIVER, encoding="utf-8")
-    result = run([*(command or [sys.executable]), "driver.py", json.dumps(runs)], project)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    run([sys.executable, "driver.py", json.dumps(runs)], project)
+    return json.loads((project / "statuses-0.json").read_text())
 
 
 def same(a: object, b: object) -> bool:
@@ -402,7 +404,11 @@ def test_early_stopping_stops_and_a_resume_after_it_trains_no_more(
     where = ["--data-dir", str(tiny_data), "--runs-dir", str(runs_dir), *COMMON]
     first = [*where, "--max-epochs", "10", "--num-workers", "0", "--run-name", "patient"]
     again = ["--runs-dir", str(runs_dir), "--resume"]
-    assert drive(project, [[first, None], [again, None]]) == [0, 0]
+    (project / "driver.py").write_text(DRIVER, encoding="utf-8")
+    out = run([sys.executable, "driver.py", json.dumps([[first, None], [again, None]])], project)
+    assert json.loads((project / "statuses-0.json").read_text()) == [0, 0]
+    ends = "training ends after epoch 3 of 10: the loop over epochs in pytorch_script.py left early"
+    assert out.stdout.count(ends) == 2, out.stdout  # the run, and its resume, which trains none
     rows = read_metrics(runs_dir / "patient" / "metrics.csv")
     assert [row["epoch"] for row in rows] == [1, 2, 3]
     last = torch.load(runs_dir / "patient" / "last.pt", weights_only=True)
@@ -461,10 +467,13 @@ def test_accumulation_under_torchrun_resumes_bit_for_bit(
             [*torchrun, "driver.py", json.dumps([[argv, stop]])],
             cwd=project, env=env, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
-        ended = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("[")]
-        assert len(ended) == 2, result.stdout + result.stderr  # each rank's statuses
-        statuses.append(ended[0][0])
+        ended = [project / f"statuses-{rank}.json" for rank in (0, 1)]
+        assert all(path.exists() for path in ended), result.stdout + result.stderr
+        ended = [json.loads(path.read_text()) for path in ended]  # each rank's own
         assert ended[0] == ended[1], result.stderr
+        statuses.append(ended[0][0])
+        for path in project.glob("statuses-*.json"):
+            path.unlink()
     assert statuses == [0, 75, 0]
     halves = torch.load(runs_dir / "halves" / "last.pt", weights_only=True)
     assert halves["grads"] is None  # the last epoch ends on a step: 12 batches, every 4th
@@ -550,7 +559,7 @@ ALL_ROWS = [
         "        scaler.update()\n"
         "        optimizer.zero_grad(set_to_none=True)",
         "        scaler.scale(loss / 4).backward()\n"
-        "        if batches.number % 4 == 0:\n"
+        "        if batches.number % 4 == 0 or batches.last:\n"
         "            scaler.unscale_(optimizer)\n"
         "            nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)\n"
         "            scaler.step(optimizer)\n"

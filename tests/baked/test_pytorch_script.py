@@ -2,8 +2,11 @@ import csv
 import dataclasses
 import json
 import multiprocessing
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import my_classes
@@ -174,6 +177,7 @@ def test_flags_override_the_defaults() -> None:
         (["--run-name", "/tmp/x"], "argument --run-name: '/tmp/x' is not a run name"),
         (["--run-name", ""], "argument --run-name: '' is not a run name"),
         (["--resume", ".."], "argument --resume: '..' is not a run name"),
+        (["--run-name", "mlflow.db"], "'mlflow.db' is what --runs-dir holds beside the runs"),
     ],
 )
 def test_bad_flags_exit_with_usage(
@@ -524,3 +528,53 @@ def test_train_may_leave_its_loop_early_and_max_epochs_be_written_in(
     assert [row["epoch"] for row in rows] == [1, 2, 3] and all(
         row["train_loss"] > 0 for row in rows
     )
+
+
+# A user's edit of the loop over epochs that the run cannot go on with: one line each; a bug of
+# theirs: its traceback, and nothing more (no DataLoader worker's).
+MISUSES = {
+    "twice": "run.end_epoch(1, ...) in epoch 1, again: pytorch_script.py calls it once",
+    "never": "epoch 1 ended without run.end_epoch(1, ...), which logs and saves it",
+    "lr": "run.end_epoch(..., lr=): metrics.csv has that column of its own",
+    "text": "run.end_epoch(...): val_note is 'good', not a number",
+    "bug": "ValueError: a bug in the loop",
+}
+MISUSE = (
+    "pytorch_script.py",
+    "            run.end_epoch(\n",
+    """            misuse = os.environ["MISUSE"]
+            if misuse == "twice":
+                run.end_epoch(epoch, val_accuracy)
+            if misuse == "lr":
+                run.end_epoch(epoch, val_accuracy, lr=0.5)
+            if misuse == "text":
+                run.end_epoch(epoch, val_accuracy, val_note="good")
+            if misuse == "bug":
+                raise ValueError("a bug in the loop")
+            if misuse != "never":
+                run.end_epoch(
+""",
+)
+
+
+@pytest.mark.slow
+def test_misuses_of_the_loop_are_one_line_and_a_bug_its_traceback(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    project = edited_project(
+        tmp_path, MISUSE, ("pytorch_script.py", "import torch\n", "import os\n\nimport torch\n")
+    )
+    flags = ["--device", "cpu", "--data-dir", str(tiny_data), "--runs-dir", str(tmp_path / "runs")]
+    flags += ["--max-epochs", "1", "--batch-size", "32", "--num-workers", "2", "--tracker", "none"]
+    for misuse, line in MISUSES.items():
+        result = subprocess.run(
+            [sys.executable, "pytorch_script.py", *flags], cwd=project,
+            env=os.environ | {"MISUSE": misuse}, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 1, (misuse, result.stderr)
+        if misuse == "bug":
+            assert "Traceback" in result.stderr and result.stderr.endswith(line + "\n")
+            assert "DataLoader worker" not in result.stderr, result.stderr
+        else:
+            assert result.stderr.startswith("error: " + line), result.stderr
+            assert result.stderr.count("\n") == 1, result.stderr

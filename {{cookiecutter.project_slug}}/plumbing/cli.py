@@ -65,11 +65,19 @@ def shape(text: str) -> tuple[int, ...]:
     return numbers
 
 
+# What --runs-dir holds beside the runs: MLflow's local store, plot_metrics.py's comparison.
+NOT_RUN_NAMES = ("mlflow.db", "mlartifacts", "compare.png")
+
+
 def run_name(text: str) -> str:
     """A run's name: a directory of --runs-dir, never a path out of it or into another run."""
     if not is_plain_name(text) or text.startswith("-"):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a run name: give a plain name, without / or \\ (e.g. lr-0.01)"
+        )
+    if text in NOT_RUN_NAMES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is what --runs-dir holds beside the runs: choose another run name"
         )
     return text
 

@@ -1,6 +1,7 @@
 """How pytorch_script.py ends: exit status 0; 1 with one line for every failure of a known
-cause; 130 for Ctrl-C; 75 (RESUMABLE) for a stop on SIGTERM or SIGUSR1. Any other error keeps
-its traceback, which helps more. The top of the package: nothing here imports it."""
+cause; 130 for Ctrl-C; 75 (RESUMABLE) for a stop on SIGTERM or SIGUSR1. Any other error (a bug
+in the code you edit, say) prints its traceback, which helps more, and exits 1. The top of the
+package: nothing here imports it."""
 
 import atexit
 import os
@@ -31,15 +32,18 @@ def status(fit: Callable[[cli.Settings], None], settings: cli.Settings) -> int:
         except ONE_LINE as err:  # the same on every rank: one line
             raise on_every_rank(err) from None
         fit(settings)
-    except (*ONE_LINE, OSError, RuntimeError, LoaderTimeout, KeyboardInterrupt, Stopped,
-            NonFiniteLoss) as err:  # fmt: skip
+    except (Exception, LoaderTimeout, KeyboardInterrupt) as err:
         run_dir = getattr(err, "run_dir", None)  # plumbing/training.py says where the run is
         message = loader_failure(err, settings, run_dir)
-        if isinstance(err, RuntimeError) and message is None:
-            raise
+        known = (*ONE_LINE, OSError, LoaderTimeout, KeyboardInterrupt, Stopped, NonFiniteLoss)
+        if not isinstance(err, known) and message is None:  # its traceback helps more
+            traceback.print_exc()
         # Free the DataLoader workers now: the exception's frames hold them in a reference
-        # cycle, which only the garbage collector would break, 10 s later (torch's shutdown).
+        # cycle, which only the garbage collector would break at exit, where their end would
+        # print a traceback of its own (and 10 s later: torch's shutdown).
         traceback.clear_frames(err.__traceback__)
+        if not isinstance(err, known) and message is None:
+            return 1
         if isinstance(err, Stopped):  # saved: rank 0 says where
             if distributed.rank() == 0:
                 print(err.where(run_dir), file=sys.stderr)

@@ -119,6 +119,7 @@ class Run(AbstractContextManager):
         hint = loader.data_bound_hint(settings.data_dir, training_generator)
         self.log = metrics.Log(settings, facts, self.start_epoch, hint, say)
         self.epoch = self.max_epochs = 0
+        self.ended = self.start_epoch - 1  # the last epoch end_epoch logged and saved
         self.started = time.perf_counter()
         self.lr: float | None = None
         self.data_wait = 0.0  # of the epoch's training pass (Pass sets it: no cycle back to it)
@@ -141,6 +142,11 @@ class Run(AbstractContextManager):
             loader.set_epoch(self.training_generator, epoch)  # its order, the same on each rank
             seed_epoch(self.settings.seed, epoch)  # what it draws, resumed or not
             yield epoch
+            if self.ended != epoch:
+                raise SetupError(
+                    f"epoch {epoch} ended without run.end_epoch({epoch}, ...), which logs and"
+                    " saves it: pytorch_script.py calls it last in the loop over epochs"
+                )
         if self.start_epoch > max_epochs:
             distributed.say(
                 f"nothing to do: {self.facts.run_dir} is at epoch {self.start_epoch - 1} of"
@@ -157,11 +163,26 @@ class Run(AbstractContextManager):
     def end_epoch(self, epoch: int, score: float, **logged: float) -> None:
         """Log the epoch's metrics (with the learning rate and data_wait), save last.pt, and
         best.pt when score is the best so far (rank 0); stop here if a signal came."""
-        if epoch != self.epoch:
+        if epoch != self.epoch or self.ended == epoch:
             raise SetupError(
-                f"run.end_epoch({epoch}, ...) in epoch {self.epoch}: pytorch_script.py calls it"
-                " once, last in the loop over epochs, with the epoch run.epochs() gave"
+                f"run.end_epoch({epoch}, ...) in epoch {self.epoch}"
+                f"{', again' if self.ended == epoch else ''}: pytorch_script.py calls it once,"
+                " last in the loop over epochs, with the epoch run.epochs() gave"
             )
+        taken = {"epoch", "lr", "data_wait"} & logged.keys()
+        if taken:
+            raise SetupError(
+                f"run.end_epoch(..., {', '.join(f'{name}=' for name in sorted(taken))}):"
+                " metrics.csv has that column of its own; give the metric another name"
+            )
+        for name, value in {"score": score, **logged}.items():
+            if not isinstance(value, (int, float)) and not (
+                isinstance(value, torch.Tensor) and value.numel() == 1
+            ):
+                raise SetupError(
+                    f"run.end_epoch(...): {name} is {value!r}, not a number (a metric is logged"
+                    " and compared as one)"
+                )
         if self.watch is not None:  # (train() may have left its loop early)
             self.watch.check()  # a NaN is not saved
         getattr(self.training_generator.dataset, "confirm", lambda: None)()  # as Pass does
@@ -171,6 +192,7 @@ class Run(AbstractContextManager):
         row["data_wait"] = self.data_wait
         self.log.epoch(self.epoch, self.max_epochs, row, self.started)
         score = float(score)  # a NumPy number would make the checkpoint refuse to load
+        self.ended = epoch
         best = score > self.best_score
         self.best_score = max(score, self.best_score)
         if self.log.run_dir is not None:  # rank 0, not --dry-run
@@ -205,6 +227,11 @@ class Run(AbstractContextManager):
         if err is not None:
             forget_if_empty(self.facts)
             mark(err, self.facts)
+        elif 0 < self.ended < self.max_epochs:  # the loop over epochs left it early
+            distributed.say(
+                f"training ends after epoch {self.ended} of {self.max_epochs}: the loop over"
+                " epochs in pytorch_script.py left early (early stopping, say)"
+            )
 
 
 class Pass:
@@ -222,6 +249,7 @@ class Pass:
         self.run, self.generator, self.training, self.inside = run, generator, training, inside
         self.epoch, self.device = run.epoch, run.facts.device
         self.number = 0  # of the batch last given, in the epoch (from 1, skipped ones counted)
+        self.total = 0  # the batches of the epoch, skipped ones counted
         self.size = 0  # its samples
         self.loss_sum = torch.zeros((), device=self.device)
         self.num_samples = 0
@@ -229,6 +257,12 @@ class Pass:
         self.watch = Watch(generator, run.epoch, run.settings, self.device)
         if training:
             run.watch = self.watch
+
+    @property
+    def last(self) -> bool:
+        """Whether the batch just given is the epoch's last (a step that accumulates gradients
+        over batches takes it there too)."""
+        return self.number == self.total
 
     def autocast(self) -> torch.autocast:
         """--amp: float16 on CUDA, bfloat16 elsewhere (the CPU has no fast float16); without
@@ -268,7 +302,10 @@ class Pass:
         timeout = run.settings.loader_timeout if generator.num_workers == 0 else 0
         if timeout:  # DataLoader times its workers; with none, a timer times this process
             batches = loader.within(batches, timeout)
-        total = min(len(generator), max_batches or len(generator))
+        shown = min(len(generator), max_batches or len(generator))  # for the progress bar
+        # LitData's loader counts the whole epoch; a resumed DataLoader, the batches left.
+        self.total = len(generator) + (0 if loader.streamed(generator.dataset) else self.number)
+        self.total = min(self.total, max_batches or self.total)
         desc = None
         if self.training and distributed.rank() == 0:
             desc = f"epoch {run.epoch}/{run.max_epochs}"
@@ -278,7 +315,7 @@ class Pass:
         waited = 0.0
         # The bar appears only in a terminal, when an epoch takes more than two seconds.
         for X, y in tqdm(
-            batches, desc, total, leave=False, delay=2, unit="batch", disable=None if desc else True
+            batches, desc, shown, leave=False, delay=2, unit="batch", disable=None if desc else True
         ):
             if start is None:  # from the first batch: starting workers is not waiting for data
                 start = time.perf_counter()
