@@ -42,6 +42,7 @@ META = (
     "num_classes",
     "settings",  # what a run resumed from it must share with it: --batch-size, the data
     "inside",  # where training stopped inside the next epoch (a signal), or None
+    "class_names",  # classes.json's names of the classes (label 0 first), or None
 )
 # What checkpoints of template 0.4 held, besides these: the model, optimizer and scaler.
 BEFORE_0_5 = ("model", "optimizer", "scaler")
@@ -115,6 +116,7 @@ def contents(state: State, settings: Settings, facts: Facts, epoch: int, best_sc
         "num_classes": facts.num_classes,
         "settings": kept(settings, facts),
         "inside": None,
+        "class_names": list(facts.class_names) if facts.class_names else None,
     }
 
 

@@ -52,6 +52,14 @@ def fraction(text: str) -> float:
     return value
 
 
+def fraction_or_none(text: str) -> float:
+    """A share that may be 0 (none): 0 <= value < 1."""
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not from 0 (none) up to 1 (excluded)")
+    return value
+
+
 def shape(text: str) -> tuple[int, ...]:
     """'3,32,32' -> (3, 32, 32)."""
     try:
