@@ -183,9 +183,8 @@ ROWS = {
     "read": [
         (
             "my_classes.py",
-            '        return load_sample(self.data_dir / f"{ID}.pt", ID)',
-            '        X = load_sample(self.data_dir / f"{ID}.pt", ID)\n'
-            "        return (X - X.mean()) / X.std()",
+            "            X = X.float() / 255\n        return X\n",
+            "            X = X.float() / 255\n        return (X - X.mean()) / X.std()\n",
         )
     ],
     "augmentation": [
