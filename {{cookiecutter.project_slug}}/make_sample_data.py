@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from plumbing.cli import fraction, fraction_or_none, parser, positive_int, shape
+from plumbing.cli import parser, positive_int, shape, split_fractions
 from plumbing.errors import DataError, write_error
 from plumbing.files import atomic_write_text
 
@@ -45,19 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default={{ cookiecutter.num_classes | int }},
         help="classes, each with its own pattern",
     )
-    p.add_argument(
-        "--validation-fraction",
-        type=fraction,
-        default={{ cookiecutter._validation_fraction | float }},
-        help="share of the samples in partition['validation']",
-    )
-    p.add_argument(
-        "--test-fraction",
-        type=fraction_or_none,
-        default={{ cookiecutter._test_fraction | float }},
-        help="share of the samples in partition['test'], held out from training"
-        " (evaluate.py --split test); 0: no test split",
-    )
+    split_fractions(p, of="the samples")
     p.add_argument("--seed", type=int, default=0, help="same seed, same data")
     p.add_argument("--force", action="store_true", help="replace the data already in --data-dir")
     args = p.parse_args(argv)

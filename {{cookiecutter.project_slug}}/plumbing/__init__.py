@@ -8,6 +8,7 @@ template checks that the graph has no cycle).
 - distributed: the device, torchrun's processes and ranks, what rank 0 decides for all
 - seeding: the seeds of the training process and of each worker, and the generators' states
 - data: read and check partition.json, labels.json and one sample file; a directory or a URL
+- images: a folder of images in class subfolders, and one image as a uint8 tensor (Pillow)
 - cli: the command line of pytorch_script.py, parsed once into frozen Settings
 - runs: one directory per run, runs/<name>/, and a resumed run's settings
 - preemption: SIGTERM and SIGUSR1 stop a run after a batch, on every rank, resumably

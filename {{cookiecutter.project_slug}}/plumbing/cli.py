@@ -82,6 +82,24 @@ def run_name(text: str) -> str:
     return text
 
 
+def split_fractions(p: argparse.ArgumentParser, of: str) -> None:
+    """--validation-fraction and --test-fraction, with the answers' defaults: shares of `of`
+    (the samples, or each class) in partition.json's validation and test splits."""
+    p.add_argument(
+        "--validation-fraction",
+        type=fraction,
+        default={{ cookiecutter._validation_fraction | float }},
+        help=f"share of {of} in partition['validation']",
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=fraction_or_none,
+        default={{ cookiecutter._test_fraction | float }},
+        help=f"share of {of} in partition['test'], which training never reads (evaluate.py"
+        " --split test); 0: no test split",
+    )
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     """A parser whose --help shows each flag's default, as every script here has."""
     return argparse.ArgumentParser(
