@@ -28,6 +28,9 @@ ARTICLE_LAYOUT = {
     "pytorch_script.py",
     "make_sample_data.py",
     "import_data.py",
+    "evaluate.py",
+    "predict.py",
+    "export_model.py",
     "pack_data.py",
     "bench_loader.py",
     "plot_metrics.py",
@@ -38,7 +41,9 @@ ARTICLE_LAYOUT = {
     "plumbing/data.py",
     "plumbing/distributed.py",
     "plumbing/errors.py",
+    "plumbing/evaluation.py",
     "plumbing/exits.py",
+    "plumbing/exported.py",
     "plumbing/facts.py",
     "plumbing/files.py",
     "plumbing/images.py",
@@ -57,6 +62,7 @@ ARTICLE_LAYOUT = {
     "tests/test_dataset.py",
     "tests/test_model.py",
     "tests/test_training.py",
+    "tests/test_after_training.py",
 }
 
 

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from my_classes import Dataset
 from plumbing import loader
 from plumbing.cli import non_negative_int, parser
-from plumbing.data import load_partition
+from plumbing.data import load_partition, load_sample
 from plumbing.errors import DataError, SetupError, one_line
 from plumbing.files import atomic_write, atomic_write_text
 from plumbing.loader import usable_cpus
@@ -176,7 +176,11 @@ def pack(
     naming them, unless allow_nonfinite."""
     partition, labels = load_partition(data_dir)
     # Taken before reading the samples: a change made during packing shows as a stale pack.
-    packed_from, times = fingerprint(data_dir, Dataset), file_times(data_dir, partition)
+    try:
+        packed_from, times = fingerprint(data_dir, Dataset), file_times(data_dir, partition)
+    except FileNotFoundError as err:  # a sample file gone: said as the Dataset would say it
+        load_sample(Path(err.filename), Path(err.filename).name.removesuffix(".pt"))
+        raise
     if not force and packed_is_stale(data_dir, partition, Dataset, checks=0) is None:
         with contextlib.suppress(OSError, ValueError):
             if np.array_equal(np.load(data_dir / PACKED / FILES), times):

@@ -17,6 +17,8 @@ template checks that the graph has no cycle).
 - packed: pack_data.py's copy of the data: reading it, and when it is current
 - facts: what a run finds out as it starts (a sample's shape, the classes, its directory)
 - checkpoints: the training state, saved to last.pt and best.pt and restored by --resume
+- evaluation: evaluate.py's and predict.py's passes, and their reports (metrics, CSV, JSON, PNG)
+- exported: the model for serving, torch.export's .pt2 (and ONNX), checked against eager
 - trackers: MLflow and Weights & Biases (--tracker; optional extras)
 - metrics: what a run prints and logs each epoch (CSV, TensorBoard, a tracker)
 - training: what the loop of pytorch_script.py iterates: resume, signals, NaN watch, saving

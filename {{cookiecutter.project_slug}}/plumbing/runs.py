@@ -29,6 +29,14 @@ def continued(settings: cli.Settings) -> cli.Settings:
     path = settings.runs_dir / name / "settings.json"
     if not path.is_file():
         return settings
+    run = started_as(settings.runs_dir / name)
+    this = {name: getattr(settings, name) for name in {*settings.given, *THIS_START}}
+    return dataclasses.replace(run, **this, given=settings.given)
+
+
+def started_as(run_dir: Path) -> cli.Settings:
+    """The Settings of a run's latest start, from its settings.json."""
+    path = run_dir / "settings.json"
     stored = (starts(path) or [{}])[-1]  # [] for a run whose first start wrote none yet
     argv = []
     for action in cli.training_parser("")._actions:
@@ -42,14 +50,26 @@ def continued(settings: cli.Settings) -> cli.Settings:
         else:
             argv += [flag, str(value)]
     try:
-        run = cli.training_settings(argv, "")
+        return cli.training_settings(argv, "")
     except SystemExit:  # argparse said why, above
         raise SetupError(
             f"{path}: the flags of the run's last start no longer parse (argparse's line above):"
             " correct them there, or give each on the command line"
         ) from None
-    this = {name: getattr(settings, name) for name in {*settings.given, *THIS_START}}
-    return dataclasses.replace(run, **this, given=settings.given)
+
+
+def finished(runs_dir: Path, name: str | None, checkpoint: str = "best") -> tuple[Path, Path]:
+    """A run's directory (name's, or the latest run's) and its checkpoint (best.pt, last.pt),
+    for evaluate.py, predict.py and export_model.py; one line when there is none."""
+    name = name or latest(runs_dir)
+    if name is None:
+        raise CheckpointError(f"no run in {runs_dir}: train one first (python pytorch_script.py)")
+    path = runs_dir / name / f"{checkpoint}.pt"
+    if not path.is_file():
+        there = sorted(p.name for p in runs_dir.glob("*/") if (p / "settings.json").exists())
+        known = f"; runs there: {', '.join(there[:8])}" if there else ""
+        raise CheckpointError(f"{path} not found: name a run that finished an epoch{known}")
+    return runs_dir / name, path
 
 
 def open_dir(settings: cli.Settings) -> tuple[Path | None, bool]:
