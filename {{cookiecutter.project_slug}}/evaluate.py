@@ -46,16 +46,12 @@ def evaluation_of(args: argparse.Namespace) -> None:
     generator = loader.make(dataset, params, settings, device)
     if isinstance(generator.sampler, loader.EpochSampler):
         generator.sampler.even = False  # every sample once, under torchrun too
-    shape = loader.shape_of(dataset, settings.loader_timeout)
-    if shape != tuple(checkpoint["input_shape"]):
-        raise DataError(
-            f"{settings.data_dir}: its samples are of shape {shape}, {path} was trained on"
-            f" {tuple(checkpoint['input_shape'])}: pass the --data-dir it was trained on"
-        )
     names = checkpoint.get("class_names") or distributed.once(class_names, settings.data_dir)
     names = evaluation.names_of(checkpoint["num_classes"], names)
 
-    batches = evaluation.Pass(generator, device, settings.amp, settings.loader_timeout)
+    shape, where = tuple(checkpoint["input_shape"]), f"{settings.data_dir} ({args.split})"
+    batches = evaluation.Pass(generator, device, settings.amp, settings.loader_timeout,
+                              input_shape=shape, where=where)  # fmt: skip
     loss_fn = nn.CrossEntropyLoss()  # as pytorch_script.py's: the loss you train with
     metrics = evaluate(model, batches, loss_fn)
     results = evaluation.report(metrics, batches.true, batches.predicted, names)
@@ -98,7 +94,8 @@ def split_of(
     if settings.data_format == "stream":
         if distributed.world_size() > 1:
             raise SetupError("evaluate.py reads a stream in one process: run it without torchrun")
-        _, (dataset,) = loader.open_stream(settings, Dataset, splits=(split,), shuffle=False)
+        # In LitData's order, as training's validation reads it: every sample once
+        _, (dataset,) = loader.open_stream(settings, Dataset, splits=(split,))
         return dataset, None
     partition, labels = load_partition(settings.data_dir)
     if split not in partition:

@@ -31,8 +31,8 @@ NAMES = ["ant", "bee", "cat", "dog"]
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run of 3 epochs on 256 samples of 1x8x8 in 4 named classes: 166 train, 51 validation
-    (an odd count: uneven shares under torchrun), 39 test."""
+    """A run of 3 epochs on 256 samples of 1x8x8 in 4 named classes: 167 train, 51 validation
+    (an odd count: uneven shares under torchrun), 38 test."""
     data_dir = tmp_path_factory.mktemp("evaluate") / "data"
     make_sample_data(data_dir, 256, (1, 8, 8), 4, validation_fraction=0.2, test_fraction=0.15)
     (data_dir / "classes.json").write_text(json.dumps(NAMES))
@@ -54,7 +54,10 @@ def evaluated(run_dir: Path, split: str, checkpoint: str, *flags: str) -> tuple[
     argv = at(run_dir, "--split", split, "--checkpoint", checkpoint, *flags)
     assert evaluate.main(argv) == 0
     out = run_dir / "eval" / f"{split}-{checkpoint}"
-    return json.loads((out / "metrics.json").read_text()), rows_of(out / "predictions.csv")
+    predictions = out / "predictions.csv"  # none for a stream
+    return json.loads((out / "metrics.json").read_text()), (
+        rows_of(predictions) if predictions.exists() else None
+    )
 
 
 def test_evaluate_gives_the_validation_of_the_runs_epoch_and_writes_its_report(
@@ -98,6 +101,24 @@ def test_from_the_pack_and_with_workers_the_same_numbers(run_dir: Path) -> None:
     packed, packed_predictions = evaluated(run_dir, "test", "best", *flags)
     assert packed_predictions == predictions and packed["confusion"] == metrics["confusion"]
     assert packed["loss"] == pytest.approx(metrics["loss"], rel=1e-6)  # batches of 7: other sums
+
+
+@pytest.mark.slow
+def test_from_a_stream_the_same_classes(run_dir: Path, tmp_path: Path) -> None:
+    """A stream of the data (its test split and classes.json too), read in the stream's order:
+    the same confusion matrix, the names from the stream's index."""
+    pytest.importorskip("litdata", reason="the stream extra is not installed")
+    data_dir = run_dir.parents[1] / "data"
+    metrics, _ = evaluated(run_dir, "test", "best", "--data-format", "files")
+    stream = tmp_path / "stream"
+    assert pack_data.main(["--data-dir", str(data_dir), "--format", "stream", "--output",
+                           str(stream)]) == 0  # fmt: skip
+    flags = ["--data-format", "stream", "--data-dir", str(stream), "--num-workers", "1"]
+    streamed, _ = evaluated(run_dir, "test", "best", *flags)
+    assert streamed["confusion"] == metrics["confusion"] and streamed["samples"] == 38
+    assert streamed["class_names"] == NAMES and streamed["loss"] == pytest.approx(metrics["loss"])
+    out = run_dir / "eval" / "test-best"
+    assert not (out / "predictions.csv").exists()  # a stream's samples have no IDs here
 
 
 def test_predict_agrees_with_evaluate_sample_by_sample(run_dir: Path) -> None:
@@ -201,6 +222,7 @@ class Other(nn.Module):
     ("case", "message"),
     [
         ("no test split", "partition.json has no 'test' split, only train, validation: pass"),
+        ("data of another shape", "(test): its samples are of shape (1, 8, 9), the model takes"),
         ("another model", "best.pt holds a Net, and build_model builds a Other: use the"),
         ("another shape", "best.pt does not fit the Net that build_model builds for (1, 8, 8)"),
         ("no such run", "runs/nope/best.pt not found: name a run that finished an epoch; runs"),
@@ -221,6 +243,10 @@ def test_evaluate_refuses_in_one_line_and_writes_nothing(
     if case == "no test split":
         other = tmp_path / "data"
         make_sample_data(other, 40, (1, 8, 8), 4, validation_fraction=0.25)
+        argv = at(run_dir, "--data-dir", str(other))
+    if case == "data of another shape":
+        other = tmp_path / "data"
+        make_sample_data(other, 40, (1, 8, 9), 4, validation_fraction=0.25, test_fraction=0.25)
         argv = at(run_dir, "--data-dir", str(other))
     if case == "another model":
         monkeypatch.setattr(evaluate, "build_model", Other)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from plumbing import distributed, loader
+from plumbing.errors import DataError
 from plumbing.files import atomic_write, atomic_write_text
 
 TOP = 20  # classes shown in the printed confusion matrix; all are in confusion.csv
@@ -22,7 +23,8 @@ class Pass:
     """The batches of one pass over generator, on the device as float32 (as training moves
     them), under --amp's autocast if asked; record(outputs) after each batch keeps what the
     model gave each sample: its class, and its probability for each class (keep_probabilities),
-    put back in the order of the split on rank 0 (`predicted`, `probabilities`)."""
+    put back in the order of the split on every rank (`predicted`, `probabilities`). Samples
+    of another shape than input_shape, the model's, stop it in one line naming `where`."""
 
     def __init__(
         self,
@@ -31,8 +33,11 @@ class Pass:
         amp: bool = False,
         loader_timeout: float = 0,
         keep_probabilities: bool = False,
+        input_shape: tuple[int, ...] | None = None,
+        where: str = "the data",
     ) -> None:
         self.generator, self.device, self.amp = generator, device, amp
+        self.input_shape, self.where = input_shape, where
         self.loader_timeout, self.keep_probabilities = loader_timeout, keep_probabilities
         self.labels: list[torch.Tensor] = []
         self.outputs: list[torch.Tensor] = []
@@ -57,6 +62,11 @@ class Pass:
         getattr(generator.dataset, "begin", lambda: None)()  # the packed copy's check
         non_blocking = self.device.type == "cuda"
         for X, y in batches:
+            if self.input_shape is not None and tuple(X.shape[1:]) != self.input_shape:
+                raise DataError(
+                    f"{self.where}: its samples are of shape {tuple(X.shape[1:])}, the model takes"
+                    f" {self.input_shape}: pass the --data-dir it was trained on"
+                )
             X = X.to(self.device, torch.float32, non_blocking=non_blocking)
             y = torch.as_tensor(y).to(self.device, non_blocking=non_blocking)
             self.labels.append(y)
@@ -212,6 +222,9 @@ def write(
         written.append("predictions.csv")
     if plot_confusion(out_dir / "confusion.png", results["confusion"], names):
         written.append("confusion.png")
+    for name in ("predictions.csv", "confusion.png"):  # an earlier evaluation's: not this one's
+        if name not in written:
+            (out_dir / name).unlink(missing_ok=True)
     return written
 
 

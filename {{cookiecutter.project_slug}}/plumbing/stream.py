@@ -284,11 +284,10 @@ def read_index(url: str) -> tuple[dict, dict, str, list[str] | None]:
 
 
 def open_splits(
-    settings: object, dataset_class: type, splits: tuple[str, ...] = SPLITS, shuffle: bool = True
+    settings: object, dataset_class: type, splits: tuple[str, ...] = SPLITS
 ) -> tuple[dict, tuple]:
-    """labels, and these splits of the stream at settings.data_dir (the training one
-    shuffled, if settings say so and shuffle), each with the digest of its index and the
-    class names, as index_digest and class_names (plumbing/facts.py)."""
+    """labels, and these splits of the stream at settings.data_dir, each with the digest of its
+    index and the class names, as index_digest and class_names (plumbing/facts.py)."""
     data_dir = settings.data_dir
     url = location(data_dir)
     unfinished = (
@@ -303,9 +302,8 @@ def open_splits(
             raise DataError(f"{data_dir}/{INDEX}: its partition.json has no {split!r} split")
         # The Dataset for its random_augmentation only: it reads no file
         dataset = dataset_class([], labels, data_dir, augment=split == "train")
-        shuffled = settings.shuffle and shuffle
         with reaching(f"{data_dir}/{split}"):
-            opened.append(StreamedSplit(f"{url}/{split}", dataset, shuffled, settings.seed))
+            opened.append(StreamedSplit(f"{url}/{split}", dataset, settings.shuffle, settings.seed))
         opened[-1].index_digest, opened[-1].class_names = index_digest, names
     distributed.say(f"data: {data_dir} (streamed)")
     return labels, tuple(opened)
