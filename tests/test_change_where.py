@@ -271,7 +271,8 @@ training.Pass.__iter__ = stopping
 statuses = []
 for argv, stop_at in json.loads(sys.argv[1]):
     statuses.append(pytorch_script.main(argv))
-print(json.dumps(statuses))
+# One write, line and newline: two ranks' print()s could interleave as "[0][0]" and two newlines
+sys.stdout.write(json.dumps(statuses) + "\\n")
 """
 
 

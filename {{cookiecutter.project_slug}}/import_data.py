@@ -193,6 +193,11 @@ def open_csv(path: Path, label_column: str, id_column: str | None, sample_shape:
             raise DataError(f"{path}: no column {column!r} in its header {header[:8]}")
     if not rows:
         raise DataError(f"{path}: no rows below its header")
+    short = next((n for n, row in enumerate(rows, 2) if len(row) != len(header)), None)
+    if short is not None:
+        raise DataError(
+            f"{path}, line {short}: {len(rows[short - 2])} fields, its header {len(header)}"
+        )
     keep = [c for c, name in enumerate(header) if name not in (label_column, id_column)]
     try:
         X = np.array([[row[c] for c in keep] for row in rows], dtype=np.float32)

@@ -191,4 +191,9 @@ def test_arrays_and_a_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "no column 'label' in its header ['species', 'f1', 'f2', 'name']" in (
         capsys.readouterr().err
     )
+    (tmp_path / "t.csv").write_text("\n".join([*lines, "1,2,s99"]) + "\n")
+    assert run(tmp_path / "t.csv", *argv) == 1
+    assert (
+        capsys.readouterr().err == f"error: {tmp_path / 't.csv'}, line 22: 3 fields, its header 4\n"
+    )
     assert not (tmp_path / "d").exists()
