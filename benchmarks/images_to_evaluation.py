@@ -2,9 +2,11 @@
 
     python benchmarks/images_to_evaluation.py                 # 1,000 images, 3 classes
     python benchmarks/images_to_evaluation.py --images 3000 --epochs 20 --repeats 5
+    python benchmarks/images_to_evaluation.py --format jpg --sides 300,640   # photos' sizes
 
-A default project is baked without data, and --images PNG images of random sizes (64 to 160
-pixels a side) in 3 classes, each class its own colour plus noise, are written to images/.
+A default project is baked without data, and --images images (PNG, or --format jpg) of random
+sizes (--sides: 64 to 160 pixels a side) in 3 classes, each class its own colour plus noise,
+are written to images/.
 Then each step of the README's "Bring your own data" runs in a new Python, as a user runs it,
 --repeats times, and the median is printed (the range in brackets): import_data.py with a
 DataLoader worker per CPU and with one process (--num-workers 0), each into a new --out, with
@@ -39,16 +41,17 @@ def bake(out: Path) -> Path:
     return out / "my_pytorch_project"
 
 
-def write_images(root: Path, count: int) -> None:
+def write_images(root: Path, count: int, sides: tuple[int, int], suffix: str) -> None:
     from PIL import Image
 
     rng = np.random.default_rng(0)
     for i in range(count):
         c = i % 3
         (root / f"class-{c}").mkdir(parents=True, exist_ok=True)
-        height, width = rng.integers(64, 161, 2)
+        height, width = rng.integers(sides[0], sides[1] + 1, 2)
         pixels = rng.integers(0, 80, (height, width, 3)) + np.roll([150, 60, 20], c)
-        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(root / f"class-{c}/{i}.png")
+        image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+        image.save(root / f"class-{c}/{i}{suffix}")
 
 
 def timed(command: list[str], cwd: Path) -> tuple[float, str]:
@@ -71,13 +74,18 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10, help="--max-epochs of the training step")
     p.add_argument("--repeats", type=int, default=3, help="runs of each step")
     p.add_argument("--batch-size", type=int, default=64, help="the project's default: 64")
+    p.add_argument("--sides", default="64,160", help="the images' smallest and largest side")
+    p.add_argument("--format", choices=["png", "jpg"], default="png", help="the images' format")
     args = p.parse_args()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"{os.cpu_count()} CPUs, load {load:.1f}; {args.images} images, {args.repeats} runs each")
+    sides = args.sides.replace(",", " to ")
+    print(f"{os.cpu_count()} CPUs, load {load:.1f}; {args.images} {args.format} images of"
+          f" {sides} pixels a side, {args.repeats} runs each")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="images-to-evaluation-") as tmp:
         work = Path(tmp)
         project = bake(work)
-        write_images(work / "images", args.images)
+        sides = tuple(int(side) for side in args.sides.split(","))
+        write_images(work / "images", args.images, sides, f".{args.format}")
         python = [sys.executable, "-B"]
         times: dict[str, list[float]] = {}
         for k in range(args.repeats):
