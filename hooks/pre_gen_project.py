@@ -68,12 +68,33 @@ def check_fraction(value: object) -> str | None:
     return None
 
 
+def check_test_fraction(value: object) -> str | None:
+    try:
+        fraction = float(str(value))
+    except ValueError:
+        fraction = float("nan")
+    if not 0 <= fraction < 1:
+        return "must be a number from 0 (no test split) up to 1 (excluded), e.g. 0.1"
+    if check_int(ANSWERS["_num_samples"], 2) or check_fraction(ANSWERS["_validation_fraction"]):
+        return None
+    if num_training() < 1:
+        return f"leaves no training sample of {ANSWERS['_num_samples']} with the validation split"
+    return None
+
+
+def num_training() -> int:
+    """The training samples of the sample data: what the validation and test splits leave."""
+    num_samples = int(ANSWERS["_num_samples"])
+    held_out = (float(ANSWERS[name]) for name in ("_validation_fraction", "_test_fraction"))
+    return num_samples - sum(round(num_samples * fraction) for fraction in held_out)
+
+
 def check_batch_size(value: object) -> str | None:
     problem = check_int(value, 1)
     split = check_int(ANSWERS["_num_samples"], 2) or check_fraction(ANSWERS["_validation_fraction"])
+    split = split or check_test_fraction(ANSWERS["_test_fraction"])
     if problem is None and split is None and ANSWERS["_create_sample_data"] is True:
-        num_samples = int(ANSWERS["_num_samples"])
-        num_train = num_samples - round(num_samples * float(ANSWERS["_validation_fraction"]))
+        num_train = num_training()
         if int(str(value)) > num_train:
             return f"more than the {num_train} training samples: lower it or raise _num_samples"
     return problem
@@ -113,6 +134,7 @@ CHECKS = {
     "_cudnn_benchmark": check_bool,
     "_num_samples": lambda v: check_int(v, 2),
     "_validation_fraction": check_fraction,
+    "_test_fraction": check_test_fraction,
     "_create_sample_data": check_bool,
     "_run_smoke_test": check_bool,
     "_use_tensorboard": check_bool,

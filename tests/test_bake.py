@@ -27,6 +27,10 @@ ARTICLE_LAYOUT = {
     "my_classes.py",
     "pytorch_script.py",
     "make_sample_data.py",
+    "import_data.py",
+    "evaluate.py",
+    "predict.py",
+    "export_model.py",
     "pack_data.py",
     "bench_loader.py",
     "plot_metrics.py",
@@ -37,9 +41,12 @@ ARTICLE_LAYOUT = {
     "plumbing/data.py",
     "plumbing/distributed.py",
     "plumbing/errors.py",
+    "plumbing/evaluation.py",
     "plumbing/exits.py",
+    "plumbing/exported.py",
     "plumbing/facts.py",
     "plumbing/files.py",
+    "plumbing/images.py",
     "plumbing/index.py",
     "plumbing/loader.py",
     "plumbing/metrics.py",
@@ -55,6 +62,7 @@ ARTICLE_LAYOUT = {
     "tests/test_dataset.py",
     "tests/test_model.py",
     "tests/test_training.py",
+    "tests/test_after_training.py",
 }
 
 
@@ -90,14 +98,14 @@ def test_defaults_make_data_pass_the_smoke_test_own_tests_and_ruff(cookies, capf
     project = result.project_path
     assert project.name == "my_pytorch_project"
     out = capfd.readouterr().out
-    assert "Wrote 1000 samples of shape 3x32x32 (10 classes, 800 train, 200 validation" in out
+    assert "Wrote 1000 samples of shape 3x32x32 (10 classes, 700 train, 200 validation, 100" in out
     assert "Smoke test passed in" in out and "validation accuracy" in out
     assert source_files(project) == ARTICLE_LAYOUT
     assert_clean_render(project)
 
     partition = json.loads((project / "data" / "partition.json").read_text())
     labels = json.loads((project / "data" / "labels.json").read_text())
-    assert len(partition["train"]) == 800 and len(partition["validation"]) == 200
+    assert [len(IDs) for IDs in partition.values()] == [700, 200, 100]  # train, validation, test
     assert len(list((project / "data").glob("*.pt"))) == len(labels) == 1000
     assert not (project / "runs").exists(), "the smoke test must not leave metrics behind"
     assert not (project / "runs").exists(), "nor a run directory"
@@ -125,6 +133,7 @@ def test_defaults_make_data_pass_the_smoke_test_own_tests_and_ruff(cookies, capf
         "shape": [3, 32, 32],
         "num_classes": 10,
         "validation_fraction": 0.2,
+        "test_fraction": 0.1,
         "force": False,
     }
     # The project's own tests, on its data, packed: the packed copy's test runs too.
@@ -180,9 +189,10 @@ def test_answers_reach_the_code_and_the_project_trains(cookies, answers: dict) -
     assert {k: baked[k] for k in expected} == expected
 
     num_validation = round(answers["_num_samples"] * answers["_validation_fraction"])
+    num_test = round(answers["_num_samples"] * 0.1)  # the default test fraction
     partition = json.loads((project / "data" / "partition.json").read_text())
-    assert len(partition["validation"]) == num_validation
-    assert len(partition["train"]) == answers["_num_samples"] - num_validation
+    assert len(partition["validation"]) == num_validation and len(partition["test"]) == num_test
+    assert len(partition["train"]) == answers["_num_samples"] - num_validation - num_test
 
     # The article's script with the answers as its defaults, as a user runs it; W&B offline, as
     # for a user not logged in, its own files kept in the project.

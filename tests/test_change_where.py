@@ -17,6 +17,7 @@ import torch
 from conftest import read_metrics, run
 
 SAMPLES = ["--num-samples", "256", "--shape", "3,8,8", "--num-classes", "4"]
+SAMPLES += ["--test-fraction", "0"]  # 192 to train on
 # 192 training samples, 6 batches an epoch; SIGTERM after the 3rd batch of the 2nd epoch.
 COMMON = ["--batch-size", "32", "--no-tensorboard", "--tracker", "none", "--device", "cpu"]
 STOP_AT = (2, 3)
@@ -184,9 +185,8 @@ ROWS = {
     "read": [
         (
             "my_classes.py",
-            '        return load_sample(self.data_dir / f"{ID}.pt", ID)',
-            '        X = load_sample(self.data_dir / f"{ID}.pt", ID)\n'
-            "        return (X - X.mean()) / X.std()",
+            "            X = X.float() / 255\n        return X\n",
+            "            X = X.float() / 255\n        return (X - X.mean()) / X.std()\n",
         )
     ],
     "augmentation": [
@@ -224,6 +224,27 @@ ROWS = {
             "val_accuracy=val_accuracy, val_error=1 - val_accuracy\n",
         )
     ],
+    "evaluate": [
+        ("evaluate.py", "nn.CrossEntropyLoss()", "nn.CrossEntropyLoss(label_smoothing=0.1)"),
+        ("evaluate.py", "loss_sum = num_samples = 0\n", "loss_sum = num_samples = num_top2 = 0\n"),
+        (
+            "evaluate.py",
+            "        num_samples += len(local_labels)\n",
+            "        num_samples += len(local_labels)\n"
+            "        num_top2 += (outputs.topk(2).indices == local_labels[:, None])"
+            ".any(dim=1).sum()\n",
+        ),
+        (
+            "evaluate.py",
+            "    loss_sum, num_samples = distributed.all_sum("
+            "[loss_sum, num_samples], batches.device)\n"
+            '    return {"loss": loss_sum / num_samples}',
+            "    loss_sum, num_samples, num_top2 = distributed.all_sum(\n"
+            "        [loss_sum, num_samples, num_top2], batches.device\n"
+            "    )\n"
+            '    return {"loss": loss_sum / num_samples, "top2_accuracy": num_top2 / num_samples}',
+        ),
+    ],
 }  # fmt: skip
 # The row of the README's table each edit makes, by its first column.
 README_ROW = {
@@ -242,6 +263,7 @@ README_ROW = {
     "best metric": "the metric that picks `best.pt`",
     "a flag": "a flag of yours",
     "another metric": "another metric",
+    "evaluate": "what `evaluate.py` reports",
 }
 FLAGS = {"optimizer": ["--lr", "0.05"]}  # as the row says: SGD wants a larger learning rate
 
@@ -361,6 +383,17 @@ def test_each_row_trains_stops_on_sigterm_and_resumes_bit_for_bit(
         )
     if row.startswith("schedule"):  # the learning rate of each epoch's start, in metrics.csv
         assert len({r["lr"] for r in rows}) == len(rows)
+    if row in ("EMA", "evaluate"):  # evaluate.py: the EMA's weights, as validation; top-2
+        flags = ["--runs-dir", str(runs_dir), "--split", "validation", "--checkpoint", "last"]
+        run([sys.executable, "evaluate.py", "halves-0", *flags], project)
+        report = runs_dir / "halves-0" / "eval" / "validation-last" / "metrics.json"
+        metrics = json.loads(report.read_text(encoding="utf-8"))
+        assert f"{metrics['accuracy']:.6f}" == f"{rows[-1]['val_accuracy']:.6f}"
+        assert metrics["weights"] == ("ema" if row == "EMA" else "model")
+        if row == "EMA":  # the same loss too: validation's, cross-entropy
+            assert f"{metrics['loss']:.6f}" == f"{rows[-1]['val_loss']:.6f}"
+        else:
+            assert 1 >= metrics["top2_accuracy"] >= metrics["accuracy"]
 
 
 def test_the_readme_rows_are_the_edits_tested(default_project: Path) -> None:
@@ -572,6 +605,7 @@ ALL_ROWS = [
     *ROWS["early stopping"][1:],
     *ROWS["best metric"],
     *ROWS["another metric"],
+    *ROWS["evaluate"],
 ]  # fmt: skip
 
 

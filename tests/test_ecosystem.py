@@ -43,7 +43,9 @@ def test_pyproject_extras_and_an_editable_install(default_project: Path, tmp_pat
     assert extras["plots"] == ["matplotlib>=3.7"]
     assert extras["mlflow"] == ["mlflow-skinny>=3.18", "sqlalchemy>=2.0", "alembic>=1.13"]
     assert extras["wandb"] == ["wandb>=0.31"]
-    assert extras["dev"][0] == "my_pytorch_project[tensorboard,plots,mlflow,wandb]"
+    assert extras["images"] == ["pillow>=10"]
+    assert extras["onnx"] == ["onnx>=1.18", "onnxscript>=0.5", "onnxruntime>=1.20"]
+    assert extras["dev"][0] == "my_pytorch_project[tensorboard,plots,images,mlflow,wandb]"
     # The default install as light as ever: no tracker's package unless one was chosen.
     assert meta["dependencies"] == ["torch>=2.13", "tqdm>=4.66", "numpy>=1.26"]
 

@@ -50,7 +50,7 @@ def test_sample_data_then_a_smoke_test_of_one_epoch(project: Path, capsys) -> No
 
     assert hook.main() == 0
     out = capsys.readouterr().out
-    assert "Wrote 1000 samples of shape 3x32x32 (10 classes, 800 train, 200 validation" in out
+    assert "Wrote 1000 samples of shape 3x32x32 (10 classes, 700 train, 200 validation, 100" in out
     smoke = re.search(r"Smoke test passed in \d+\.\d s: one epoch with DataLoader workers,"
                       r" validation accuracy (\d\.\d\d) \(chance 0\.10\)\.", out)  # fmt: skip
     assert smoke, out

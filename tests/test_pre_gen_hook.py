@@ -31,7 +31,7 @@ BAD_ANSWERS = [
     ("author", "escape\x1b[1m"),
     ("batch_size", "0"),
     ("batch_size", "sixty-four"),
-    ("batch_size", "801"),  # more than the 800 training samples of the defaults
+    ("batch_size", "701"),  # more than the 700 training samples of the defaults
     ("num_workers", "-1"),
     ("num_workers", "2.5"),
     ("max_epochs", "0"),
@@ -47,6 +47,9 @@ BAD_ANSWERS = [
     ("_validation_fraction", "-0.2"),
     ("_validation_fraction", "a fifth"),
     ("_validation_fraction", "nan"),
+    ("_test_fraction", "1"),
+    ("_test_fraction", "-0.1"),
+    ("_test_fraction", "a tenth"),
 ]
 
 
@@ -63,7 +66,8 @@ def test_a_bad_answer_is_named_in_one_line(capsys, name: str, value: str) -> Non
 def test_the_defaults_and_good_answers_pass_quietly(capsys) -> None:
     good = {"project_name": 'Ünïcödé «Projekt» "quoted"', "sample_shape": " 4, 16 "}
     small = {"_num_samples": "3", "num_classes": "3", "batch_size": "2", "num_workers": "0"}
-    for given in ({}, good, {"batch_size": "800"}, small):
+    no_test = {"batch_size": "800", "_test_fraction": "0"}
+    for given in ({}, good, {"batch_size": "700"}, small, no_test):
         assert render_hook("pre_gen_project", **given).main() == 0, given
     assert capsys.readouterr() == ("", "")
 
@@ -77,7 +81,11 @@ def test_the_defaults_and_good_answers_pass_quietly(capsys) -> None:
         ),
         (
             {"_num_samples": "100", "batch_size": "81"},
-            "batch_size='81': more than the 80 training samples: lower it or raise _num_samples",
+            "batch_size='81': more than the 70 training samples: lower it or raise _num_samples",
+        ),
+        (
+            {"_num_samples": "10", "_validation_fraction": "0.5", "_test_fraction": "0.5"},
+            "_test_fraction='0.5': leaves no training sample of 10 with the validation split",
         ),
         ({"_num_samples": "20", "num_classes": "21"}, "num_classes='21': more classes than the 20"),
     ],
@@ -89,7 +97,7 @@ def test_answers_that_contradict_each_other_are_refused(capsys, given: dict, err
 
 def test_a_batch_larger_than_the_split_is_fine_without_sample_data() -> None:
     """The user brings their own data: its size is not known yet."""
-    hook = render_hook("pre_gen_project", batch_size="801", _create_sample_data=False)
+    hook = render_hook("pre_gen_project", batch_size="701", _create_sample_data=False)
     assert hook.main() == 0
 
 

@@ -99,6 +99,15 @@ def test_the_test_time_and_loop_benchmarks_print_their_tables() -> None:
     assert re.search(r"project / article, time per step: [\d.]+ \(overhead [-+][\d.]+%", out), out
 
 
+@pytest.mark.slow
+def test_the_images_to_evaluation_benchmark_prints_its_table() -> None:
+    steps = [sys.executable, "benchmarks/images_to_evaluation.py", "--repeats", "1"]
+    out = run([*steps, "--images", "30", "--epochs", "1", "--batch-size", "8"], ROOT).stdout
+    for step in ["import_data.py images --out mydata (1 process)", "evaluate.py mydata --split"]:
+        assert re.search(rf"\n{re.escape('python ' + step)}.* +[\d.]+ \[", out), out
+    assert re.search(r"importing, all CPUs against 1 process: [\d.]+x as fast", out), out
+
+
 def test_hooks_tests_and_benchmarks_pass_ruff() -> None:
     run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], ROOT)
     run([sys.executable, "-m", "ruff", "format", "--check", "--no-cache", "."], ROOT)

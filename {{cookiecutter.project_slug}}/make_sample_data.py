@@ -2,6 +2,7 @@
 
     python make_sample_data.py                     # the sizes you chose when generating the project
     python make_sample_data.py --num-samples 20000 --shape 3,224,224 --force
+    python make_sample_data.py --test-fraction 0 --force   # no test split: train and validation
 
 Each class has its own random pattern; a sample is its class's pattern plus as much noise,
 so a model can learn the classes, and a run that does not learn points to a bug.
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from plumbing.cli import fraction, parser, positive_int, shape
+from plumbing.cli import parser, positive_int, shape, split_fractions
 from plumbing.errors import DataError, write_error
 from plumbing.files import atomic_write_text
 
@@ -44,21 +45,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default={{ cookiecutter.num_classes | int }},
         help="classes, each with its own pattern",
     )
-    p.add_argument(
-        "--validation-fraction",
-        type=fraction,
-        default={{ cookiecutter._validation_fraction | float }},
-        help="share of the samples in partition['validation']",
-    )
+    split_fractions(p, of="the samples")
     p.add_argument("--seed", type=int, default=0, help="same seed, same data")
     p.add_argument("--force", action="store_true", help="replace the data already in --data-dir")
     args = p.parse_args(argv)
     num_validation = round(args.num_samples * args.validation_fraction)
+    num_held_out = num_validation + round(args.num_samples * args.test_fraction)
     if not 2 <= args.num_classes <= args.num_samples or not 0 < num_validation < args.num_samples:
         p.error(
             f"{args.num_samples} samples at --validation-fraction {args.validation_fraction}"
             f" and {args.num_classes} classes: need at least 2 classes, a sample of each class,"
             " and a sample in each split"
+        )
+    if num_held_out >= args.num_samples:
+        p.error(
+            f"{args.num_samples} samples at --validation-fraction {args.validation_fraction} and"
+            f" --test-fraction {args.test_fraction} leave none to train on"
         )
     return args
 
@@ -71,8 +73,10 @@ def make_sample_data(
     validation_fraction: float,
     seed: int = 0,
     force: bool = False,
+    test_fraction: float = 0.0,
 ) -> tuple[dict[str, list[str]], dict[str, int]]:
-    """Write the samples, then labels.json, then partition.json; return (partition, labels)."""
+    """Write the samples, then labels.json, then partition.json (with a test split when
+    test_fraction is above 0); return (partition, labels)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     existing = [name for name in ("partition.json", "labels.json") if (data_dir / name).exists()]
     existing += [p.name for p in itertools.islice(data_dir.glob("*.pt"), 3)]
@@ -91,6 +95,7 @@ def make_sample_data(
     classes = classes[torch.randperm(num_samples, generator=generator)].tolist()
     order = torch.randperm(num_samples, generator=generator).tolist()
     num_validation = round(num_samples * validation_fraction)
+    num_held_out = num_validation + round(num_samples * test_fraction)
 
     labels = {}
     progress = tqdm(
@@ -111,9 +116,11 @@ def make_sample_data(
 
     IDs = list(labels)
     partition = {
-        "train": [IDs[i] for i in order[num_validation:]],
+        "train": [IDs[i] for i in order[num_held_out:]],
         "validation": [IDs[i] for i in order[:num_validation]],
     }
+    if num_held_out > num_validation:  # held out from training: evaluate.py --split test
+        partition["test"] = [IDs[i] for i in order[num_validation:num_held_out]]
     atomic_write_text(data_dir / "labels.json", json.dumps(labels, indent=1) + "\n")
     atomic_write_text(data_dir / "partition.json", json.dumps(partition, indent=1) + "\n")
     return partition, labels
@@ -131,15 +138,16 @@ def main(argv: list[str] | None = None) -> int:
             args.validation_fraction,
             seed=args.seed,
             force=args.force,
+            test_fraction=args.test_fraction,
         )
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     megabytes = args.num_samples * math.prod(args.shape) * 4 / 1e6
+    splits = ", ".join(f"{len(IDs)} {split}" for split, IDs in partition.items())
     print(
         f"Wrote {args.num_samples} samples of shape {'x'.join(map(str, args.shape))}"
-        f" ({args.num_classes} classes, {len(partition['train'])} train,"
-        f" {len(partition['validation'])} validation, {megabytes:.0f} MB)"
+        f" ({args.num_classes} classes, {splits}, {megabytes:.0f} MB)"
         f" to {args.data_dir} in {time.perf_counter() - start:.1f} s"
     )
     return 0

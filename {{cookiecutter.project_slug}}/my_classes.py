@@ -64,7 +64,10 @@ class Dataset(torch.utils.data.Dataset):
 
     def read(self, ID: str) -> torch.Tensor:
         """Sample ID, the same tensor on every call: pack_data.py packs what this returns."""
-        return load_sample(self.data_dir / f"{ID}.pt", ID)
+        X = load_sample(self.data_dir / f"{ID}.pt", ID)
+        if X.dtype == torch.uint8:  # images, kept 4x smaller on disk (import_data.py): to [0, 1]
+            X = X.float() / 255
+        return X
 
     def random_augmentation(self, X: torch.Tensor) -> torch.Tensor:
         """A random change to one training sample, on every read, from the files, packed or a

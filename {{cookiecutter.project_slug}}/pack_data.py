@@ -1,6 +1,6 @@
 """Pack what the project's Dataset returns for each sample into memory-mapped arrays per split.
 
-    python pack_data.py              # data/packed/{train,validation}/{X,y}.npy
+    python pack_data.py              # data/packed/{train,validation,test}/{X,y}.npy
     python pack_data.py --check      # is data/packed up to date? (every file compared)
     python pytorch_script.py         # then reads data/packed, and says so
     python pack_data.py --format stream --output s3://bucket/data   # LitData chunks, for
@@ -33,7 +33,7 @@ from tqdm import tqdm
 from my_classes import Dataset
 from plumbing import loader
 from plumbing.cli import non_negative_int, parser
-from plumbing.data import SPLITS, load_partition
+from plumbing.data import load_partition, load_sample
 from plumbing.errors import DataError, SetupError, one_line
 from plumbing.files import atomic_write, atomic_write_text
 from plumbing.loader import usable_cpus
@@ -176,13 +176,17 @@ def pack(
     naming them, unless allow_nonfinite."""
     partition, labels = load_partition(data_dir)
     # Taken before reading the samples: a change made during packing shows as a stale pack.
-    packed_from, times = fingerprint(data_dir, Dataset), file_times(data_dir, partition)
+    try:
+        packed_from, times = fingerprint(data_dir, Dataset), file_times(data_dir, partition)
+    except FileNotFoundError as err:  # a sample file gone: said as the Dataset would say it
+        load_sample(Path(err.filename), Path(err.filename).name.removesuffix(".pt"))
+        raise
     if not force and packed_is_stale(data_dir, partition, Dataset, checks=0) is None:
         with contextlib.suppress(OSError, ValueError):
             if np.array_equal(np.load(data_dir / PACKED / FILES), times):
                 return None
     # As training reads them, without random_augmentation (augment stays off)
-    datasets = {split: Dataset(partition[split], labels, data_dir) for split in SPLITS}
+    datasets = {split: Dataset(IDs, labels, data_dir) for split, IDs in partition.items()}
     like, _ = datasets["train"][0]
     first = (partition["train"][0], like.shape, like.dtype)
     needed = sum(len(IDs) for IDs in partition.values()) * like.element_size() * like.numel()
@@ -205,8 +209,8 @@ def pack(
         atomic_write(tmp / FILES, lambda f: np.save(f, times))
         atomic_write_text(tmp / PACKING, packing)
         nonfinite: list[str] = []
-        for split in SPLITS:
-            pack_split(datasets[split], tmp / split, first, num_workers, nonfinite)
+        for split, dataset in datasets.items():  # the test split's too
+            pack_split(dataset, tmp / split, first, num_workers, nonfinite)
         if nonfinite and not allow_nonfinite:  # the previous pack stays
             names = ", ".join(repr(ID) for ID in nonfinite[:5])
             more = f" and {len(nonfinite) - 5} more" if len(nonfinite) > 5 else ""
@@ -214,7 +218,7 @@ def pack(
                 f"{len(nonfinite)} samples hold NaN or infinite values ({names}{more}): fix or"
                 " remove them, or pack them anyway with --allow-nonfinite"
             )
-        for name in [PACKING, *(f"{split}/{DONE}" for split in SPLITS)]:
+        for name in [PACKING, *(f"{split}/{DONE}" for split in datasets)]:
             (tmp / name).unlink()
         atomic_write_text(tmp / FINGERPRINT, packing)
         if packed.exists():

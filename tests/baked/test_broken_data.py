@@ -113,6 +113,13 @@ def malformed(name: str) -> Case:
     return case
 
 
+def unlabelled_test_ID(data_dir: Path, partition: dict, labels: dict) -> str:
+    """A test split (never trained on) whose ID has no label: refused all the same."""
+    (data_dir / "id-999.pt").write_bytes((data_dir / f"{partition['train'][0]}.pt").read_bytes())
+    write_json(data_dir, "partition.json", partition | {"test": ["id-999"]})
+    return f"error: {data_dir / 'labels.json'}: no label for the ID 'id-999' listed in"
+
+
 def relabel(ID_of: Callable[[dict], str], label: object) -> Callable[[dict, dict], dict]:
     return lambda partition, labels: labels | {ID_of(partition): label}
 
@@ -133,11 +140,23 @@ CASES = {
     "partition malformed": malformed("partition.json"),
     "labels malformed": malformed("labels.json"),
     "partition not an object": bad_partition(
-        lambda p: p["train"], "expected an object with exactly the keys 'train' and 'validation'"
+        lambda p: p["train"], "expected an object with the keys 'train' and 'validation', and"
     ),
     "partition without validation": bad_partition(
-        lambda p: {"train": p["train"]}, "expected an object with exactly the keys"
+        lambda p: {"train": p["train"]}, "expected an object with the keys 'train' and"
     ),
+    "a split not train, validation or test": bad_partition(
+        lambda p: p | {"tests": p["validation"][:2]},
+        "expected an object with the keys 'train' and 'validation', and 'test' if it holds a"
+        " test split (nothing else), got ['tests', 'train', 'validation']",
+    ),
+    "empty test split": bad_partition(
+        lambda p: p | {"test": []}, "'test' must be a non-empty list of sample IDs"
+    ),
+    "ID in train and test": bad_partition(
+        lambda p: p | {"test": [p["train"][7]]}, "the ID '{train[7]}' appears in 'train' and 'test'"
+    ),
+    "test ID without a label": unlabelled_test_ID,
     "empty training split": bad_partition(
         lambda p: p | {"train": []}, "'train' must be a non-empty list of sample IDs"
     ),

@@ -1,5 +1,6 @@
 """partition.json and labels.json read straight into arrays (plumbing/index.py) give what
-json.loads and the checks of plumbing/data.py give, or step aside for them."""
+json.loads and the checks of plumbing/data.py give, or step aside for them: a test split or
+none, and the labels of every ID, in a split or not."""
 
 import json
 import random
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from plumbing.data import SPLITS, _checked, load_partition
+from plumbing.data import OPTIONAL, SPLITS, _checked, load_partition
 from plumbing.errors import DataError
 from plumbing.index import Labels, StringArray, plain_index
 
@@ -30,23 +31,28 @@ def as_json(data_dir: Path) -> tuple[dict[str, list[str]], dict[str, int]] | str
 
 
 def as_lists(index: tuple[dict[str, StringArray], Labels]) -> tuple[dict, dict]:
+    """The splits as lists, in their order, and every label, each split's array checked
+    against the mapping."""
     partition, labels = index
-    lists = {split: list(partition[split]) for split in SPLITS}
-    classes = {
-        ID: int(c)
-        for split in SPLITS
-        for ID, c in zip(lists[split], labels.of(partition[split]), strict=True)
-    }
+    lists = {split: list(IDs) for split, IDs in partition.items()}
+    classes = {ID: int(c) for ID, c in labels.items()}
+    assert len(classes) == len(labels)
+    for split, IDs in lists.items():
+        assert labels.of(partition[split]).tolist() == [classes[ID] for ID in IDs]
+        assert [labels[ID] for ID in IDs] == [classes[ID] for ID in IDs]
     return lists, classes
 
 
 def plain_data(rng: random.Random, num_ids: int = 40) -> tuple[dict, dict]:
     names = ["id-{}", "é{}", "日本-{}", "a b {}", "x.{}", "{}", "0{}", "-{}-"]
     IDs = rng.sample([rng.choice(names).format(i) for i in range(num_ids)], num_ids)
-    cut = rng.randint(1, num_ids - 1)
+    cut = rng.randint(1, num_ids - 2)
     partition = {"train": IDs[:cut], "validation": IDs[cut:]}
-    if rng.random() < 0.5:
-        partition = {"validation": partition["validation"], "train": partition["train"]}
+    if rng.random() < 0.5:  # a test split, held out
+        test = rng.randint(cut + 1, num_ids - 1)
+        partition |= {"validation": IDs[cut:test], "test": IDs[test:]}
+    if rng.random() < 0.5:  # in another order
+        partition = dict(reversed(partition.items()))
     labels = {ID: rng.choice([0, 1, 7, 10, 123456789, 2**63 - 1]) for ID in IDs + ["unused"]}
     keys = list(labels)
     rng.shuffle(keys)
@@ -66,17 +72,19 @@ def test_the_plain_form_is_read_into_arrays_as_json_loads_reads_it(
         json.dumps(labels, indent=indent, ensure_ascii=False),
     )
 
-    index = plain_index(data_dir, SPLITS)
+    index = plain_index(data_dir, SPLITS, OPTIONAL)
 
     assert index is not None  # no escapes: read without json.loads
     assert as_lists(index) == as_json(data_dir)
     assert as_lists(load_partition(data_dir)) == as_json(data_dir)
-    _, read_labels = index
+    read_partition, read_labels = index
+    assert list(read_partition) == [s for s in ("train", "validation", "test") if s in partition]
     ID = partition["validation"][-1]
-    assert read_labels[ID] == labels[ID] and "unused" not in read_labels
-    assert len(read_labels) == len(labels) - 1 and sorted(read_labels.values()) == sorted(
-        labels[ID] for split in SPLITS for ID in partition[split]
+    assert read_labels[ID] == labels[ID] and read_labels["unused"] == labels["unused"]
+    assert len(read_labels) == len(labels) and sorted(read_labels.values()) == sorted(
+        labels.values()
     )
+    assert plain_index(data_dir, SPLITS) is None or "test" not in partition
 
 
 # Each: text that json.loads reads otherwise than plainly (escapes), or not at all, or into
@@ -93,7 +101,11 @@ UNUSUAL_PARTITIONS = {
     "ID in both splits": '{"train": ["c"], "validation": ["c"]}',
     "empty split": '{"train": [], "validation": ["d"]}',
     "one split": '{"train": ["c"]}',
-    "a third key": '{"train": ["c"], "validation": ["d"], "test": ["e"]}',
+    "a key not a split": '{"train": ["c"], "validation": ["d"], "tests": ["e"]}',
+    "empty test split": '{"train": ["c"], "validation": ["d"], "test": []}',
+    "test split twice": '{"train": ["c"], "test": ["e"], "validation": ["d"], "test": ["x/y"]}',
+    "ID in train and test": '{"train": ["c"], "validation": ["d"], "test": ["c"]}',
+    "only a test split": '{"test": ["c"]}',
     "split twice": '{"train": ["c"], "train": ["d"]}',
     "other key": '{"train": ["c"], "valid": ["d"]}',
     "number ID": '{"train": ["c", 1], "validation": ["d"]}',
@@ -114,6 +126,8 @@ UNUSUAL_LABELS = {
     "escaped key": '{"c": 1, "d": 2, "\\u0065": 3}',
     "key twice": '{"c": 1, "d": 2, "c": 3}',
     "ID without a label": '{"c": 1}',
+    "an unlisted ID's label a string": '{"c": 1, "d": 2, "x": "cat"}',
+    "an unlisted ID's label negative": '{"c": 1, "d": 2, "x": -1}',
     "no labels": "{}",
     "negative": '{"c": -1, "d": 2}',
     "float": '{"c": 1.0, "d": 2}',
@@ -146,7 +160,7 @@ UNUSUAL_LABELS = {
 )
 def test_anything_else_is_left_to_json_loads(tmp_path: Path, partition: str, labels: str) -> None:
     data_dir = write(tmp_path, partition, labels)
-    assert plain_index(data_dir, SPLITS) is None
+    assert plain_index(data_dir, SPLITS, OPTIONAL) is None
     expected = as_json(data_dir)
     if isinstance(expected, str):
         with pytest.raises(DataError) as error:
@@ -176,7 +190,7 @@ def test_changed_bytes_are_read_as_json_loads_reads_them_or_left_to_it(tmp_path:
             ]
         )
         data_dir = write(tmp_path / str(trial), *changed)
-        index = plain_index(data_dir, SPLITS)
+        index = plain_index(data_dir, SPLITS, OPTIONAL)
         if index is not None:
             accepted += 1
             assert as_lists(index) == as_json(data_dir), changed
@@ -187,16 +201,18 @@ def test_changed_bytes_are_read_as_json_loads_reads_them_or_left_to_it(tmp_path:
 def test_a_million_ids_take_arrays_not_objects(tmp_path: Path) -> None:
     """The point of it all: 26 MB of arrays for a million IDs, not 170 MB of str and dict."""
     IDs = [f"id-{i}" for i in range(1, 1_000_001)]
-    partition = {"train": IDs[:800_000], "validation": IDs[800_000:]}
+    partition = {"train": IDs[:800_000], "validation": IDs[800_000:900_000]}
+    partition["test"] = IDs[900_000:]
     labels = {ID: i % 10 for i, ID in enumerate(IDs)}
     data_dir = write(tmp_path, json.dumps(partition), json.dumps(labels))
     del IDs, labels
 
-    read_partition, read_labels = plain_index(data_dir, SPLITS)
+    read_partition, read_labels = plain_index(data_dir, SPLITS, OPTIONAL)
 
     arrays = [read_partition["train"].buffer, read_partition["train"].offsets] + list(
         read_labels.classes.values()
     )
     assert sum(a.nbytes for a in arrays) < 30e6
     assert read_partition["validation"][0] == "id-800001" and read_labels["id-800001"] == 0
+    assert read_partition["test"][-1] == "id-1000000" and read_labels["id-1000000"] == 9
     assert np.array_equal(read_labels.of(read_partition["train"])[:12], [i % 10 for i in range(12)])

@@ -21,12 +21,23 @@ def test_writes_the_article_layout(tmp_path: Path, capsys: pytest.CaptureFixture
 
     partition = json.loads((tmp_path / "partition.json").read_text())
     labels = json.loads((tmp_path / "labels.json").read_text())
-    assert len(partition["train"]) == 30 and len(partition["validation"]) == 10
-    assert set(partition["train"]).isdisjoint(partition["validation"])
-    assert set(partition["train"]) | set(partition["validation"]) == set(labels)
+    assert {split: len(IDs) for split, IDs in partition.items()} == {
+        "train": 26, "validation": 10, "test": 4  # the test split: the answers' 0.1
+    }  # fmt: skip
+    IDs = [ID for split in partition.values() for ID in split]
+    assert len(IDs) == len(set(IDs)) and set(IDs) == set(labels)
     assert Counter(labels.values()) == {0: 10, 1: 10, 2: 10, 3: 10}
     assert {path.stem for path in tmp_path.glob("*.pt")} == set(labels)
-    assert "Wrote 40 samples of shape 2x3" in capsys.readouterr().out
+    assert "Wrote 40 samples of shape 2x3 (4 classes, 26 train, 10 validation, 4 test, " in (
+        capsys.readouterr().out
+    )
+
+
+def test_no_test_split_at_test_fraction_0(tmp_path: Path) -> None:
+    """--test-fraction 0: train and validation as before the test split, sample for sample."""
+    assert make_sample_data.main(["--data-dir", str(tmp_path), *ARGS, "--test-fraction", "0"]) == 0
+    partition = json.loads((tmp_path / "partition.json").read_text())
+    assert {split: len(IDs) for split, IDs in partition.items()} == {"train": 30, "validation": 10}
 
 
 def test_same_seed_same_data_other_seed_other_data(tmp_path: Path) -> None:
@@ -61,6 +72,9 @@ def test_refuses_to_overwrite_without_force(
         ["--validation-fraction", "1"],
         ["--num-classes", "1"],
         ["--num-samples", "3", "--validation-fraction", "0.1"],
+        ["--test-fraction", "1"],
+        ["--test-fraction", "-0.1"],
+        ["--test-fraction", "0.75"],  # with validation's 0.25: none left to train on
     ],
 )
 def test_bad_arguments_exit_with_usage(

@@ -116,7 +116,7 @@ GOOD_LABELS = {"a": 0, "b": 1, "c": 0}
 @pytest.mark.parametrize(
     ("partition", "labels", "message"),
     [
-        ({"train": ["a", "b"]}, GOOD_LABELS, "exactly the keys 'train' and 'validation'"),
+        ({"train": ["a", "b"]}, GOOD_LABELS, "the keys 'train' and 'validation', and 'test' if"),
         ({"train": ["a", "b"], "validation": []}, GOOD_LABELS, "'validation' must be a non-empty"),
         ({"train": "a", "validation": ["c"]}, GOOD_LABELS, "'train' must be a non-empty list"),
         ({"train": ["a", "c"], "validation": ["c"]}, GOOD_LABELS, "'c' appears in 'train' and"),

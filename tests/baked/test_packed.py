@@ -613,7 +613,7 @@ def test_training_augments_each_training_sample_in_both_formats(
     assert counts["packed"] == counts["files"] >= 2 * 32  # both batches of 32 of the dry run
 
 
-READ = '        return load_sample(self.data_dir / f"{ID}.pt", ID)\n'
+READ = '        X = load_sample(self.data_dir / f"{ID}.pt", ID)\n'
 EDITS = {
     # read() now returns zeros, and notes each ID it reads beside my_classes.py.
     "read": (
@@ -631,7 +631,7 @@ EDITS = {
         "        return X.flip(-1) if torch.rand(()) < 0.5 else X\n\n\nclass Net",
     ),
     # read() through a helper beside the Dataset
-    "helper": (READ, '        return scale(load_sample(self.data_dir / f"{ID}.pt", ID))\n'),
+    "helper": (READ, '        X = scale(load_sample(self.data_dir / f"{ID}.pt", ID))\n'),
     # The model: not how a sample is read.
     "model": ("nn.Linear(num_features, 128)", "nn.Linear(num_features, 256)"),
 }

@@ -8,6 +8,7 @@ template checks that the graph has no cycle).
 - distributed: the device, torchrun's processes and ranks, what rank 0 decides for all
 - seeding: the seeds of the training process and of each worker, and the generators' states
 - data: read and check partition.json, labels.json and one sample file; a directory or a URL
+- images: a folder of images in class subfolders, and one image as a uint8 tensor (Pillow)
 - cli: the command line of pytorch_script.py, parsed once into frozen Settings
 - runs: one directory per run, runs/<name>/, and a resumed run's settings
 - preemption: SIGTERM and SIGUSR1 stop a run after a batch, on every rank, resumably
@@ -16,6 +17,8 @@ template checks that the graph has no cycle).
 - packed: pack_data.py's copy of the data: reading it, and when it is current
 - facts: what a run finds out as it starts (a sample's shape, the classes, its directory)
 - checkpoints: the training state, saved to last.pt and best.pt and restored by --resume
+- evaluation: evaluate.py's and predict.py's passes, and their reports (metrics, CSV, JSON, PNG)
+- exported: the model for serving, torch.export's .pt2 (and ONNX), checked against eager
 - trackers: MLflow and Weights & Biases (--tracker; optional extras)
 - metrics: what a run prints and logs each epoch (CSV, TensorBoard, a tracker)
 - training: what the loop of pytorch_script.py iterates: resume, signals, NaN watch, saving

@@ -14,7 +14,7 @@ torch.load(path, weights_only=True) loads it:
 
 import dataclasses
 import io
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -42,6 +42,7 @@ META = (
     "num_classes",
     "settings",  # what a run resumed from it must share with it: --batch-size, the data
     "inside",  # where training stopped inside the next epoch (a signal), or None
+    "class_names",  # classes.json's names of the classes (label 0 first), or None
 )
 # What checkpoints of template 0.4 held, besides these: the model, optimizer and scaler.
 BEFORE_0_5 = ("model", "optimizer", "scaler")
@@ -118,6 +119,7 @@ def contents(state: State, settings: Settings, facts: Facts, epoch: int, best_sc
         "num_classes": facts.num_classes,
         "settings": kept(settings, facts),
         "inside": None,
+        "class_names": list(facts.class_names) if facts.class_names else None,
     }
 
 
@@ -331,6 +333,45 @@ def position(path: Path, checkpoint: dict, settings: Settings, facts: Facts) -> 
         inside["epoch"], inside["batches"], mine["loss_sum"], mine["num_samples"], mine["rng"],
         mine.get("loader"), inside.get("lr"),
     )  # fmt: skip
+
+
+def for_inference(
+    path: Path, build: Callable[[tuple[int, ...], int], nn.Module], weights: str = "auto"
+) -> tuple[nn.Module, dict, str]:
+    """The model a checkpoint holds, for evaluate.py, predict.py and export_model.py: built by
+    build (my_classes.build_model) for its input shape and classes, given the weights of the
+    state's entry `weights`, in eval mode, on the CPU; with the checkpoint and that entry's
+    name. 'auto': 'ema' where the state has one, as with the README's EMA row (validation,
+    and so best.pt, used those weights), else 'model'. One line when it is another model."""
+    checkpoint = load(path, torch.device("cpu"))
+    saved = checkpoint.get("state", BEFORE_0_5)
+    name = ("ema" if "ema" in saved else "model") if weights == "auto" else weights
+    if name not in saved:
+        raise CheckpointError(
+            f"{path} has no entry {name!r} (its state: {', '.join(saved)}): pass --weights model"
+        )
+    classes = checkpoint.get("classes", {"model": checkpoint["model_class"]})
+    state = checkpoint[name]
+    model_class = classes.get(name)
+    if model_class == "AveragedModel":  # its model, under "module.", and a count of its own
+        state = {k.removeprefix("module."): v for k, v in state.items() if k != "n_averaged"}
+        model_class = classes.get("model")
+    model = build(tuple(checkpoint["input_shape"]), checkpoint["num_classes"])
+    built = type(model).__qualname__
+    if model_class is not None and model_class != built:
+        raise CheckpointError(
+            f"{path} holds a {model_class}, and build_model builds a {built}: use the"
+            " my_classes.py that trained it, or train this model"
+        )
+    mismatch = differing_keys(model.state_dict(), state)
+    if mismatch:
+        raise CheckpointError(
+            f"{path} does not fit the {built} that build_model builds for"
+            f" {tuple(checkpoint['input_shape'])} in {checkpoint['num_classes']} classes"
+            f" ({mismatch}): use the my_classes.py that trained it, or train this model"
+        )
+    model.load_state_dict(state)
+    return model.eval(), checkpoint, name
 
 
 def differing_keys(expected: dict, saved: dict, show: int = 3) -> str:

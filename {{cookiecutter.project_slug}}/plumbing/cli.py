@@ -52,6 +52,14 @@ def fraction(text: str) -> float:
     return value
 
 
+def fraction_or_none(text: str) -> float:
+    """A share that may be 0 (none): 0 <= value < 1."""
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not from 0 (none) up to 1 (excluded)")
+    return value
+
+
 def shape(text: str) -> tuple[int, ...]:
     """'3,32,32' -> (3, 32, 32)."""
     try:
@@ -80,6 +88,24 @@ def run_name(text: str) -> str:
             f"{text!r} is what --runs-dir holds beside the runs: choose another run name"
         )
     return text
+
+
+def split_fractions(p: argparse.ArgumentParser, of: str) -> None:
+    """--validation-fraction and --test-fraction, with the answers' defaults: shares of `of`
+    (the samples, or each class) in partition.json's validation and test splits."""
+    p.add_argument(
+        "--validation-fraction",
+        type=fraction,
+        default={{ cookiecutter._validation_fraction | float }},
+        help=f"share of {of} in partition['validation']",
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=fraction_or_none,
+        default={{ cookiecutter._test_fraction | float }},
+        help=f"share of {of} in partition['test'], which training never reads (evaluate.py"
+        " --split test); 0: no test split",
+    )
 
 
 def parser(description: str) -> argparse.ArgumentParser:

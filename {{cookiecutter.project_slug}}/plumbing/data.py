@@ -1,5 +1,6 @@
 """Read and check the article's two dicts and one sample file, and keep IDs compactly."""
 
+import collections
 import hashlib
 import io
 import itertools
@@ -15,7 +16,9 @@ from plumbing.errors import DataError, load_error
 from plumbing.files import is_plain_name
 from plumbing.index import Labels, StringArray, plain_index
 
-SPLITS = ("train", "validation")
+SPLITS = ("train", "validation")  # what training reads: every partition.json has them
+OPTIONAL = ("test",)  # held out: what training never reads (evaluate.py --split test)
+CLASSES = "classes.json"  # optional, beside labels.json: ["cat", "dog", ...], label 0 is cat
 
 
 def is_url(location: str | Path) -> bool:
@@ -79,39 +82,44 @@ def like_first(X: torch.Tensor, ID: str, first: tuple[str, torch.Size, torch.dty
 
 def load_partition(data_dir: str | Path) -> tuple[dict[str, StringArray], Labels]:
     """Read and check data_dir/partition.json and data_dir/labels.json, the article's two dicts:
-    partition[split] a sequence of IDs, labels a mapping of ID to class, both kept in arrays
-    (26 MB for a million IDs, where lists and a dict take 170 MB; plumbing/index.py). Under
-    torchrun, rank 0 reads them, and the other ranks get its arrays."""
+    partition[split] a sequence of IDs ('train', 'validation', and 'test' if the file has it),
+    labels a mapping of ID to class (every ID of labels.json, listed or not), both kept in
+    arrays (26 MB for a million IDs, where lists and a dict take 170 MB; plumbing/index.py).
+    Under torchrun, rank 0 reads them, and the other ranks get its arrays."""
     return distributed.once(_load_partition, Path(data_dir))
 
 
 def _load_partition(data_dir: Path) -> tuple[dict[str, StringArray], Labels]:
-    index = plain_index(data_dir, SPLITS)
+    index = plain_index(data_dir, SPLITS, OPTIONAL)
     if index is not None:
         return index
     # Not in the plain form the project's tools write, or wrong: read whole, and say what
     # is wrong.
     partition, labels = (_parse(data_dir / name) for name in ("partition.json", "labels.json"))
     partition, labels = _checked(data_dir, partition, labels)
-    partition = {split: StringArray(partition[split]) for split in SPLITS}
-    classes = {split: labels_of(partition[split], labels) for split in SPLITS}
-    return partition, Labels(partition, classes)
+    partition = {split: StringArray(IDs) for split, IDs in partition.items()}
+    classes = {split: labels_of(IDs, labels) for split, IDs in partition.items()}
+    listed = {ID for IDs in partition.values() for ID in IDs}
+    unlisted = StringArray([ID for ID in labels if ID not in listed])
+    return partition, Labels(partition, classes, (unlisted, labels_of(unlisted, labels)))
 
 
 def _checked(
     data_dir: Path, partition: object, labels: object
 ) -> tuple[dict[str, list[str]], dict[str, int]]:
-    """load_partition's checks, on the two files parsed: the partition, and its IDs' labels."""
+    """load_partition's checks, on the two files parsed: the partition (its splits in the
+    order of SPLITS, then OPTIONAL), and every label."""
     where = data_dir / "partition.json"
-    if not isinstance(partition, dict) or set(partition) != set(SPLITS):
+    allowed = (*SPLITS, *OPTIONAL)
+    if not isinstance(partition, dict) or not set(SPLITS) <= set(partition) <= set(allowed):
         keys = sorted(partition) if isinstance(partition, dict) else type(partition).__name__
         raise DataError(
-            f"{where}: expected an object with exactly the keys 'train' and 'validation',"
-            f" got {keys}"
+            f"{where}: expected an object with the keys 'train' and 'validation', and 'test' if"
+            f" it holds a test split (nothing else), got {keys}"
         )
+    partition = {split: partition[split] for split in allowed if split in partition}
     seen: dict[str, str] = {}
-    for split in SPLITS:
-        IDs = partition[split]
+    for split, IDs in partition.items():
         if not isinstance(IDs, list) or not IDs:
             raise DataError(f"{where}: {split!r} must be a non-empty list of sample IDs")
         for ID in IDs:
@@ -133,25 +141,45 @@ def _checked(
     for ID in seen:
         if ID not in labels:
             raise DataError(f"{where}: no label for the ID {ID!r} listed in partition.json")
-        label = labels[ID]
+    for ID, label in labels.items():  # every label, of the IDs listed or not: all are kept
         if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < 2**63:
             raise DataError(
                 f"{where}: the label of {ID!r} is {label!r}; labels are integers 0, 1, 2, ..."
             )
-    return partition, {ID: labels[ID] for ID in seen}  # only the labels of listed IDs
+    return partition, labels
 
 
-def num_classes(labels: Mapping[str, int], given: int | None, data_dir: str | Path) -> int:
-    """How many classes the model tells apart: given (--num-classes), else the largest label
-    plus one, unless that is far more than the labels in use (a label typed wrong, 1048576 for
-    6, would make the last layer of a million classes). Under torchrun, found by rank 0."""
-    return distributed.once(_num_classes, labels, given, data_dir)
+def num_classes(
+    labels: Mapping[str, int],
+    given: int | None,
+    data_dir: str | Path,
+    names: Sequence[str] | None = None,
+) -> int:
+    """How many classes the model tells apart: given (--num-classes), else as many as
+    classes.json names (names), else the largest label plus one, unless that is far more than
+    the labels in use (a label typed wrong, 1048576 for 6, would make the last layer of a
+    million classes). Under torchrun, found by rank 0."""
+    return distributed.once(_num_classes, labels, given, data_dir, names)
 
 
-def _num_classes(labels: Mapping[str, int], given: int | None, data_dir: str | Path) -> int:
+def _num_classes(
+    labels: Mapping[str, int], given: int | None, data_dir: str | Path, names: Sequence[str] | None
+) -> int:
     values = list(labels.values())
     largest, where = max(values), Path(data_dir) / "labels.json"
     ID = next(itertools.islice(labels, values.index(largest), None))
+    if names is not None:
+        if largest >= len(names):
+            raise DataError(
+                f"{where}: the label of {ID!r} is {largest}, but {CLASSES} names {len(names)}"
+                f" classes (labels 0 to {len(names) - 1}): correct one of the two files"
+            )
+        if given is not None and given != len(names):
+            raise DataError(
+                f"--num-classes {given}, but {Path(data_dir) / CLASSES} names {len(names)}"
+                f" classes: pass --num-classes {len(names)}, or leave it out"
+            )
+        return len(names)
     if given is not None:
         if largest >= given:
             raise DataError(
@@ -167,6 +195,24 @@ def _num_classes(labels: Mapping[str, int], given: int | None, data_dir: str | P
             " classes anyway"
         )
     return largest + 1
+
+
+def class_names(data_dir: str | Path) -> list[str] | None:
+    """The name of each class, in the order of the labels, from data_dir/classes.json; None
+    where there is none (a stream's is in its index: plumbing/stream.py)."""
+    path = Path(data_dir) / CLASSES
+    if is_url(data_dir) or not path.exists():
+        return None
+    names = _parse(path)
+    if not (isinstance(names, list) and names and all(isinstance(n, str) and n for n in names)):
+        raise DataError(
+            f'{path}: expected a list of class names, one string for each label (["cat",'
+            ' "dog"]: label 0 is cat, 1 dog)'
+        )
+    twice = [name for name, count in collections.Counter(names).items() if count > 1]
+    if twice:
+        raise DataError(f"{path}: the name {twice[0]!r} is given to two classes")
+    return names
 
 
 def digest(data_dir: str | Path) -> str:

@@ -96,6 +96,13 @@ def all_sum(values: Sequence[float | torch.Tensor], device: torch.device) -> lis
     return summed.tolist()
 
 
+def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """tensor, summed over all ranks in place (as it is without torchrun)."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
+
+
 def once(function: Callable[..., T], *args: object) -> T:
     """function(*args) on rank 0 only, and its result, or its error, on every rank: what reads
     the data's index, chooses the run's directory or reaches a server is done once per job, and

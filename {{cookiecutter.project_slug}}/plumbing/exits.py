@@ -71,6 +71,27 @@ def status(fit: Callable[[cli.Settings], None], settings: cli.Settings) -> int:
     return 0
 
 
+def reported(function: Callable[[], None]) -> int:
+    """function() for evaluate.py, predict.py and export_model.py, and the exit status: 0; 1 with
+    one line for a failure of known cause (from rank 0 alone where every rank has it); 130
+    for Ctrl-C. Any other error keeps its traceback."""
+    try:
+        try:
+            function()
+        except (*ONE_LINE, OSError, LoaderTimeout) as err:
+            if getattr(err, "on_every_rank", False) and distributed.rank() != 0:
+                return 1
+            who = f" (rank {distributed.rank()})" if distributed.world_size() > 1 else ""
+            print(f"error{who}: {one_line(err)}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+    finally:
+        distributed.teardown()
+    return 0
+
+
 def exit_now(status: int) -> None:
     """sys.exit(status); but after a stop on a signal (RESUMABLE), without tearing down the
     modules, atexit handlers included: torch's teardown takes most of a second, which a

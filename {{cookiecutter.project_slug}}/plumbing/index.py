@@ -43,6 +43,15 @@ class StringArray(Sequence):
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
+    def take(self, rows: np.ndarray) -> "StringArray":
+        """The strings at rows, in their order, in a buffer of their own."""
+        starts = self.offsets[rows]
+        lengths = self.offsets[rows + 1] - starts
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        positions = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+        return StringArray.of(self.buffer[positions], offsets)
+
     def __getitem__(self, index: int | slice) -> str | list[str]:  # type: ignore[override]
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
@@ -86,12 +95,22 @@ class StringArray(Sequence):
 
 
 class Labels(Mapping):
-    """labels.json's {ID: class} for the IDs of the partition, as each split's classes in the
-    order of its IDs. labels[ID] works as on a dict (the first one hashes every ID, once); a
-    Dataset given partition[split] itself takes that split's array (labels_of)."""
+    """labels.json's {ID: class}: each split's classes in the order of its IDs, then those of
+    the IDs in no split (kept, not dropped). labels[ID] works as on a dict (the first one
+    hashes every ID, once); a Dataset given partition[split] itself takes that split's array
+    (labels_of)."""
 
-    def __init__(self, partition: dict[str, StringArray], classes: dict[str, np.ndarray]) -> None:
-        self.partition, self.classes = partition, classes
+    def __init__(
+        self,
+        partition: dict[str, StringArray],
+        classes: dict[str, np.ndarray],
+        unlisted: tuple[StringArray, np.ndarray] | None = None,
+    ) -> None:
+        self.partition = partition
+        # Each group of IDs and its classes: the splits, then "" for the IDs in none
+        self.groups, self.classes = dict(partition), dict(classes)
+        if unlisted is not None and len(unlisted[0]):
+            self.groups[""], self.classes[""] = unlisted
         self._index: tuple[np.ndarray, np.ndarray] | None = None
 
     def of(self, list_IDs: Sequence[str]) -> np.ndarray:
@@ -103,31 +122,31 @@ class Labels(Mapping):
 
     def __getitem__(self, ID: str) -> int:
         if self._index is None:
-            hashes = np.concatenate([IDs.hashes() for IDs in self.partition.values()])
+            hashes = np.concatenate([IDs.hashes() for IDs in self.groups.values()])
             order = np.argsort(hashes, kind="stable")
             self._index = hashes[order], order
         hashes, order = self._index
         (h,) = StringArray([ID]).hashes() if isinstance(ID, str) else (None,)
         if h is not None:
             for row in order[np.searchsorted(hashes, h) : np.searchsorted(hashes, h, "right")]:
-                split, i = self._locate(int(row))
-                if self.partition[split][i] == ID:
-                    return int(self.classes[split][i])
+                group, i = self._locate(int(row))
+                if self.groups[group][i] == ID:
+                    return int(self.classes[group][i])
         raise KeyError(ID)
 
     def _locate(self, row: int) -> tuple[str, int]:
-        for split, IDs in self.partition.items():
+        for group, IDs in self.groups.items():
             if row < len(IDs):
-                return split, row
+                return group, row
             row -= len(IDs)
         raise IndexError(row)
 
     def __iter__(self) -> Iterator[str]:
-        for IDs in self.partition.values():
+        for IDs in self.groups.values():
             yield from IDs
 
     def __len__(self) -> int:
-        return sum(len(IDs) for IDs in self.partition.values())
+        return sum(len(IDs) for IDs in self.groups.values())
 
     def values(self) -> list[int]:  # type: ignore[override]
         return np.concatenate(list(self.classes.values())).tolist()
@@ -137,18 +156,19 @@ class Labels(Mapping):
 
 
 def plain_index(
-    data_dir: Path, splits: tuple[str, str]
+    data_dir: Path, splits: tuple[str, ...], optional: tuple[str, ...] = ()
 ) -> tuple[dict[str, StringArray], Labels] | None:
-    """data_dir's partition.json and labels.json read into arrays, with every check of
-    plumbing.data.load_partition passed; or None where they are not in the plain form, or a
-    check fails (json.loads then reads them, and says what is wrong). One file at a time, and
-    little kept of each: the peak memory is about what the arrays need."""
-    found = _partition(data_dir / "partition.json", splits)
+    """data_dir's partition.json (each of splits, and those of optional it holds) and
+    labels.json read into arrays, with every check of plumbing.data.load_partition passed; or
+    None where they are not in the plain form, or a check fails (json.loads then reads them,
+    and says what is wrong). One file at a time, and little kept of each: the peak memory is
+    about what the arrays need."""
+    found = _partition(data_dir / "partition.json", splits, optional)
     labels_found = found and _labels(data_dir / "labels.json")
     if not labels_found:
         return None
     (IDs, rows), (keys, numbers) = found, labels_found
-    listed = np.concatenate([np.arange(*rows[split]) for split in splits])
+    listed = np.concatenate([np.arange(*rows[split]) for split in rows])
     # Where each listed ID is in labels.json: both sorted by hash, and the bytes compared
     key_hashes = keys.hashes()
     key_order = np.argsort(key_hashes, kind="stable")
@@ -169,32 +189,40 @@ def plain_index(
         return None
 
     partition, classes, start = {}, {}, 0
-    for split in splits:
-        first, stop = rows[split]
+    for split, (first, stop) in rows.items():
         partition[split] = StringArray.of(IDs.buffer, IDs.offsets[first : stop + 1])
         classes[split] = numbers[key_rows[start : start + stop - first]]
         start += stop - first
-    return partition, Labels(partition, classes)
+    unlisted = np.ones(len(keys), dtype=bool)  # labels of IDs in no split: kept too
+    unlisted[key_rows] = False
+    unlisted = np.flatnonzero(unlisted)
+    return partition, Labels(partition, classes, (keys.take(unlisted), numbers[unlisted]))
 
 
 def _partition(
-    path: Path, splits: tuple[str, str]
+    path: Path, splits: tuple[str, ...], optional: tuple[str, ...]
 ) -> tuple[StringArray, dict[str, tuple[int, int]]] | None:
-    """partition.json's strings, and the rows of each split's IDs among them."""
+    """partition.json's strings, and the rows of each split's IDs among them, in the order of
+    splits, then optional."""
     found = _strings(path)
     if found is None:
         return None
     IDs, tokens = found
-    # {"train": ["id-1", ...], "validation": [...]}, each string now a lone quote
-    first = int(np.argmax(tokens == ord("]"))) // 2 - 1
-    second = len(IDs) - 2 - first
-    if min(first, second) < 1:
+    # {"train": ["id-1", ...], "validation": [...]}, each string now a lone quote: each list
+    # ends at a "]", and its key is the string after the list before it.
+    ends = np.searchsorted(np.flatnonzero(tokens == QUOTE), np.flatnonzero(tokens == ord("]")))
+    keys = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+    lengths = ends - keys - 1
+    if len(ends) == 0 or lengths.min() < 1:
         return None
-    if tokens.tobytes() != b'{":[' + _list(first) + b'],":[' + _list(second) + b"]}":
+    expected = b"{" + b",".join(b'":[' + _list(int(n)) + b"]" for n in lengths) + b"}"
+    if tokens.tobytes() != expected:
         return None
-    rows = {IDs[0]: (1, 1 + first), IDs[1 + first]: (2 + first, len(IDs))}
-    if set(rows) != set(splits):
+    found_rows = {IDs[int(k)]: (int(k) + 1, int(end)) for k, end in zip(keys, ends, strict=True)}
+    allowed = (*splits, *optional)
+    if len(found_rows) != len(ends) or not set(splits) <= set(found_rows) <= set(allowed):
         return None
+    rows = {split: found_rows[split] for split in allowed if split in found_rows}
     lengths = np.diff(IDs.offsets)
     short = np.flatnonzero(lengths <= 2)  # "", "." and ".." are not file names
     if (lengths == 0).any() or any(IDs[int(row)] in (".", "..") for row in short):

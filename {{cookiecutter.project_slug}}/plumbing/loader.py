@@ -104,11 +104,12 @@ def streamed(dataset: torch.utils.data.Dataset) -> bool:
     return type(dataset).__module__ == "plumbing.stream"
 
 
-def open_stream(settings: object, dataset_class: type) -> tuple[dict, tuple]:
-    """The labels and the two splits of the stream at --data-dir (plumbing/stream.py)."""
+def open_stream(settings: object, dataset_class: type, **splits: object) -> tuple[dict, tuple]:
+    """The labels and the splits of the stream at --data-dir, training's two unless splits
+    name others (plumbing/stream.py's open_splits)."""
     from plumbing import stream  # LitData, an optional extra: pip install -e ".[stream]"
 
-    return stream.open_splits(settings, dataset_class)
+    return stream.open_splits(settings, dataset_class, **splits)
 
 
 def set_epoch(generator: torch.utils.data.DataLoader, epoch: int) -> None:

@@ -180,14 +180,14 @@ def fingerprint(data_dir: Path, dataset_class: type) -> dict:
 def file_times(
     data_dir: str | Path, partition: dict[str, Sequence[str]], rows: np.ndarray | None = None
 ) -> np.ndarray:
-    """Size, modification and change time (ns) of each listed sample file, in the order of
-    SPLITS (or of those at rows). Any change to a file changes its ctime, even a copy that
-    keeps its modification time (cp -p, rsync -a, unzip)."""
+    """Size, modification and change time (ns) of each listed sample file, split after split
+    of the partition (the test split's too), or of those at rows. Any change to a file changes
+    its ctime, even a copy that keeps its modification time (cp -p, rsync -a, unzip)."""
     if rows is None:
-        IDs = itertools.chain.from_iterable(partition[split] for split in SPLITS)
-        count = sum(len(partition[split]) for split in SPLITS)
+        IDs = itertools.chain.from_iterable(partition.values())
+        count = sum(len(IDs) for IDs in partition.values())
     else:
-        splits = [(split, len(partition[split])) for split in SPLITS]
+        splits = [(split, len(IDs)) for split, IDs in partition.items()]
         IDs, count = (_listed(partition, splits, int(row)) for row in rows), len(rows)
     times = np.empty((count, 3), dtype=np.int64)
     for i, ID in enumerate(IDs):
@@ -232,7 +232,7 @@ def packed_is_stale(
             f"{packed} was packed by other code for reading a sample than"
             f" {dataset_class.__module__}.py has now"
         )
-    listed = sum(len(partition[split]) for split in SPLITS)
+    listed = sum(len(IDs) for IDs in partition.values())
     rows = None  # every file
     if checks is not None and checks < listed:
         rows = np.sort(np.random.default_rng().choice(listed, checks, replace=False))
@@ -256,8 +256,7 @@ def changed_file(data_dir: str | Path, partition: dict[str, Sequence[str]]) -> s
     with open(data_dir / PACKED / FILES, "rb") as f:
         np.lib.format.read_magic(f)  # np.save wrote it: version 1.0
         np.lib.format.read_array_header_1_0(f)
-        for split in SPLITS:
-            IDs = partition[split]
+        for IDs in partition.values():
             for block in range(0, len(IDs), 4096):
                 rows = np.arange(start + block, start + min(block + 4096, len(IDs)))
                 then = np.fromfile(f, dtype=np.int64, count=3 * len(rows)).reshape(-1, 3)
@@ -322,9 +321,11 @@ def choose(
     settings: object,
     partition: dict[str, Sequence[str]],
     *datasets: torch.utils.data.Dataset,
+    splits: Sequence[str] = SPLITS,
 ) -> tuple[torch.utils.data.Dataset, ...]:
-    """The datasets, read from the files or from their packed copy: as --data-format asks, or
-    for 'auto', packed while the copy is current. Says which, in one line (rank 0).
+    """The datasets (of these splits), read from the files or from their packed copy: as
+    --data-format asks, or for 'auto', packed while the copy is current. Says which, in one
+    line (rank 0).
 
     Whether it is current is checked on rank 0, from the index, the code and START_CHECKS
     sample files at start; the other files in a thread while training, which stops before
@@ -344,9 +345,9 @@ def choose(
             " with --data-format files"
         )
     say(f"data: {data_dir / PACKED}" + (" (up to date)" if data_format == "auto" else ""))
-    listed = sum(len(partition[split]) for split in SPLITS)
+    listed = sum(len(IDs) for IDs in partition.values())
     verification = Verification(data_dir, partition) if listed > START_CHECKS else None
     return tuple(
         PackedDataset(dataset, data_dir / PACKED / split, verification)
-        for dataset, split in zip(datasets, SPLITS, strict=True)
+        for dataset, split in zip(datasets, splits, strict=True)
     )

@@ -28,9 +28,27 @@ def continued(settings: cli.Settings) -> cli.Settings:
     if not name:
         return settings
     settings = dataclasses.replace(settings, resume=name)
-    path = settings.runs_dir / name / "settings.json"
-    stored = latest_start(path.parent)  # {} for a run whose first start wrote none yet
-    run = {}  # the run's flags, as the parser takes them
+    run = run_flags(settings.runs_dir / name, settings.given)
+    # A flag given again with the value the run has is no change (a requeued job repeats its
+    # flags): --lr given so does not reset a scheduled learning rate.
+    given = {flag for flag in settings.given if run.get(flag, ...) != getattr(settings, flag)}
+    kept = {flag: value for flag, value in run.items() if flag not in settings.given}
+    return dataclasses.replace(settings, **kept, given=frozenset(given))
+
+
+def started_as(run_dir: Path) -> cli.Settings:
+    """The Settings of a run's latest start, from its settings.json (the defaults for what it
+    does not say), as evaluate.py and predict.py read the run's data."""
+    return dataclasses.replace(cli.training_settings([], ""), **run_flags(run_dir))
+
+
+def run_flags(run_dir: Path, given: frozenset[str] = frozenset()) -> dict[str, object]:
+    """The flags of the run's latest start, as the parser takes them, but those that say where
+    and how a start runs (THIS_START); one that no longer parses is one line, unless given
+    (this command line gives it again)."""
+    path = run_dir / "settings.json"
+    stored = latest_start(run_dir)  # {} for a run whose first start wrote none yet
+    run = {}
     for action in cli.training_parser("")._actions:
         flag, value = action.dest, stored.get(action.dest)
         if flag not in stored or flag in THIS_START:
@@ -39,18 +57,28 @@ def continued(settings: cli.Settings) -> cli.Settings:
             try:
                 value = action.type(value)
             except (argparse.ArgumentTypeError, TypeError, ValueError) as err:
-                if flag in settings.given:  # given again: this command's value stands
+                if flag in given:  # given again: this command's value stands
                     continue
                 raise SetupError(
                     f"{path}: the run's --{flag.replace('_', '-')} {value!r} no longer parses"
                     f" ({err}): correct it there, or give the flag on the command line"
                 ) from None
         run[flag] = value
-    # A flag given again with the value the run has is no change (a requeued job repeats its
-    # flags): --lr given so does not reset a scheduled learning rate.
-    given = {flag for flag in settings.given if run.get(flag, ...) != getattr(settings, flag)}
-    kept = {flag: value for flag, value in run.items() if flag not in settings.given}
-    return dataclasses.replace(settings, **kept, given=frozenset(given))
+    return run
+
+
+def finished(runs_dir: Path, name: str | None, checkpoint: str = "best") -> tuple[Path, Path]:
+    """A run's directory (name's, or the latest run's) and its checkpoint (best.pt, last.pt),
+    for evaluate.py, predict.py and export_model.py; one line when there is none."""
+    name = name or latest(runs_dir)
+    if name is None:
+        raise CheckpointError(f"no run in {runs_dir}: train one first (python pytorch_script.py)")
+    path = runs_dir / name / f"{checkpoint}.pt"
+    if not path.is_file():
+        there = sorted(p.name for p in runs_dir.glob("*/") if (p / "settings.json").exists())
+        known = f"; runs there: {', '.join(there[:8])}" if there else ""
+        raise CheckpointError(f"{path} not found: name a run that finished an epoch{known}")
+    return runs_dir / name, path
 
 
 def open_dir(settings: cli.Settings) -> tuple[Path | None, bool]:

@@ -4,9 +4,10 @@ azure://): for data bigger than a disk, or read by many machines at once.
     python pack_data.py --format stream --output s3://bucket/data   # write data/ there
     python pytorch_script.py --data-format stream --data-dir s3://bucket/data
 
-URL/train and URL/validation hold the samples as the project's Dataset returns them (without
-random_augmentation, which runs on every read, as from the files); URL/index holds
-partition.json and labels.json, written last: a stream without it was not finished. Every rank
+URL/train and URL/validation (and URL/test, for a test split) hold the samples as the project's
+Dataset returns them (without random_augmentation, which runs on every read, as from the
+files); URL/index holds partition.json, labels.json and classes.json, if any, written last: a
+stream without it was not finished. Every rank
 gets the same number of batches, and the loader's place goes into last.pt, so that --resume
 goes on inside an epoch. LitData is an optional extra (pip install -e ".[stream]"): only
 --data-format stream and --format stream import this module. Credentials and endpoints come
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 
 from plumbing import distributed
-from plumbing.data import SPLITS, digest, is_url, load_partition
+from plumbing.data import CLASSES, SPLITS, class_names, digest, is_url, load_partition
 from plumbing.errors import DataError, SetupError
 from plumbing.seeding import epoch_seed, seed_reads
 
@@ -42,8 +43,8 @@ except ModuleNotFoundError:
         ' (README.md, "Streaming from object storage")'
     ) from None
 
-INDEX = "index"  # URL/index: partition.json and labels.json, as one sample of text
-INDEX_FILES = ("partition.json", "labels.json")
+INDEX = "index"  # URL/index: partition.json, labels.json (and classes.json), one sample of text
+INDEX_FILES = ("partition.json", "labels.json", CLASSES)  # classes.json only if data/ has one
 CHUNK_BYTES = "64MB"  # per chunk: large reads from object storage, a few per worker in memory
 
 # That view is cloned above, before anything could write to it
@@ -132,7 +133,11 @@ def sample(dataset: torch.utils.data.Dataset, index: int) -> dict:
 
 
 def index_sample(data_dir: Path, _: int) -> dict:
-    return {name: (data_dir / name).read_text(encoding="utf-8") for name in INDEX_FILES}
+    return {
+        name: (data_dir / name).read_text(encoding="utf-8")
+        for name in INDEX_FILES
+        if (data_dir / name).exists()
+    }
 
 
 def write(data_dir: Path, output: str, dataset_class: type, num_workers: int) -> None:
@@ -144,8 +149,8 @@ def write(data_dir: Path, output: str, dataset_class: type, num_workers: int) ->
     partition, labels = load_partition(data_dir)
     url = location(output)
     with reaching(output):
-        for split in SPLITS:
-            dataset = dataset_class(partition[split], labels, data_dir)
+        for split, IDs in partition.items():  # the test split's too
+            dataset = dataset_class(IDs, labels, data_dir)
             order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))
             optimize(
                 functools.partial(sample, dataset), order.tolist(), f"{url}/{split}", num_workers
@@ -265,20 +270,24 @@ class StreamedSplit(litdata.StreamingDataset):
         return X, item["y"]
 
 
-def read_index(url: str) -> tuple[dict, dict, str]:
-    """partition and labels from URL/index, and their digest (as plumbing.data.digest's)."""
+def read_index(url: str) -> tuple[dict, dict, str, list[str] | None]:
+    """partition, labels and the class names from URL/index, and the digest of the first two
+    (as plumbing.data.digest's)."""
     index = litdata.StreamingDataset(
         f"{url}/{INDEX}", serializers=SAFE, storage_options=options(url)
     )[0]
     with tempfile.TemporaryDirectory() as copy:  # checked and digested as the files are
         for name in INDEX_FILES:
-            (Path(copy) / name).write_text(index[name], encoding="utf-8")
-        return *load_partition(copy), digest(copy)
+            if name in index:
+                (Path(copy) / name).write_text(index[name], encoding="utf-8")
+        return *load_partition(copy), digest(copy), class_names(copy)
 
 
-def open_splits(settings: object, dataset_class: type) -> tuple[dict, tuple]:
-    """labels, and the two splits of the stream at settings.data_dir (with the digest of its
-    index, as index_digest: plumbing/facts.py)."""
+def open_splits(
+    settings: object, dataset_class: type, splits: tuple[str, ...] = SPLITS
+) -> tuple[dict, tuple]:
+    """labels, and these splits of the stream at settings.data_dir, each with the digest of its
+    index and the class names, as index_digest and class_names (plumbing/facts.py)."""
     data_dir = settings.data_dir
     url = location(data_dir)
     unfinished = (
@@ -286,13 +295,15 @@ def open_splits(settings: object, dataset_class: type) -> tuple[dict, tuple]:
         f" pack_data.py --format stream --output {data_dir}`"
     )
     with reaching(data_dir, missing=unfinished):
-        partition, labels, index_digest = read_index(url)
-    splits = []
-    for split in SPLITS:
+        partition, labels, index_digest, names = read_index(url)
+    opened = []
+    for split in splits:
+        if split not in partition:
+            raise DataError(f"{data_dir}/{INDEX}: its partition.json has no {split!r} split")
         # The Dataset for its random_augmentation only: it reads no file
         dataset = dataset_class([], labels, data_dir, augment=split == "train")
         with reaching(f"{data_dir}/{split}"):
-            splits.append(StreamedSplit(f"{url}/{split}", dataset, settings.shuffle, settings.seed))
-        splits[-1].index_digest = index_digest
+            opened.append(StreamedSplit(f"{url}/{split}", dataset, settings.shuffle, settings.seed))
+        opened[-1].index_digest, opened[-1].class_names = index_digest, names
     distributed.say(f"data: {data_dir} (streamed)")
-    return labels, tuple(splits)
+    return labels, tuple(opened)

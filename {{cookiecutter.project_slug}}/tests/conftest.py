@@ -54,9 +54,10 @@ def some(IDs: list[str] | object, count: int) -> list[str]:
     return random.Random(0).sample(IDs, min(count, len(IDs)))
 
 
-def few(data_dir: Path, where: Path, num_train: int, num_validation: int) -> Path:
+def few(data_dir: Path, where: Path, num_train: int, num_validation: int, copies: int = 1) -> Path:
     """A data directory of a few of data_dir's samples (links to their files, and to whatever
-    else data_dir holds but .pt files and packed data: a Dataset may read from there too)."""
+    else data_dir holds but .pt files and packed data: a Dataset may read from there too);
+    the training split listed `copies` times over, in the same order each time (<ID>~2, ...)."""
     partition, labels = load_partition(data_dir)
     chosen = {
         "train": some(partition["train"], num_train),
@@ -69,9 +70,14 @@ def few(data_dir: Path, where: Path, num_train: int, num_validation: int) -> Pat
             link(Path(entry.path), where / entry.name)
     for ID in chosen["train"] + chosen["validation"]:
         link(data_dir / f"{ID}.pt", where / f"{ID}.pt")
+    label = {ID: labels[ID] for ID in chosen["train"] + chosen["validation"]}
+    for copy in range(2, copies + 1):
+        for ID in chosen["train"][:num_train]:
+            link(data_dir / f"{ID}.pt", where / f"{ID}~{copy}.pt")
+            chosen["train"].append(f"{ID}~{copy}")
+            label[f"{ID}~{copy}"] = label[ID]
     (where / "partition.json").write_text(json.dumps(chosen), encoding="utf-8")
-    IDs = chosen["train"] + chosen["validation"]
-    (where / "labels.json").write_text(json.dumps({ID: labels[ID] for ID in IDs}), "utf-8")
+    (where / "labels.json").write_text(json.dumps(label), "utf-8")
     return where
 
 

@@ -1,6 +1,7 @@
-"""Your Dataset (my_classes.py) on your data: each split opens and reads samples of one shape
-and dtype with their labels, the labels lie within the classes, augmentation keeps a sample's
-shape, and pack_data.py's copy, when current, holds what the Dataset reads."""
+"""Your Dataset (my_classes.py) on your data: each split (the test split too, where there is
+one) opens and reads samples of one shape and dtype with their labels, the labels lie within
+the classes, augmentation keeps a sample's shape, and pack_data.py's copy, when current, holds
+what the Dataset reads."""
 
 from pathlib import Path
 
@@ -14,11 +15,13 @@ from plumbing.data import num_classes
 from plumbing.packed import PACKED, PackedDataset, packed_is_stale
 
 
-@pytest.mark.parametrize("split", ["train", "validation"])
+@pytest.mark.parametrize("split", ["train", "validation", "test"])
 def test_each_split_reads_samples_of_one_shape_and_dtype_with_their_labels(
     data_dir: Path, index: tuple, split: str
 ) -> None:
     partition, labels, _ = index
+    if split not in partition:
+        pytest.skip(f"{data_dir / 'partition.json'} has no test split (it may have one)")
     dataset = Dataset(partition[split], labels, data_dir, augment=split == "train")
     assert len(dataset) == len(partition[split]) > 0
     positions = some(range(len(dataset)), 16)

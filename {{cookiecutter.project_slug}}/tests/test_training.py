@@ -35,12 +35,14 @@ def same(a: object, b: object) -> bool:
 def test_a_few_steps_on_one_batch_lower_the_loss(
     data_dir: Path, index: tuple, tmp_path: Path
 ) -> None:
-    """Your model, loss and optimizer, one batch of 16 samples an epoch: its training loss
+    """Your model, loss and optimizer, on one batch of 16 samples, 4 times an epoch (so that
+    each epoch steps, with gradients accumulated over up to 4 batches): its training loss
     falls (the overfit-one-batch check)."""
     _, _, num_classes = index
-    data = few(data_dir, tmp_path / "data", 16, 8)
-    batch_size = str(len(load_partition(data)[0]["train"]))  # all of them: one batch
-    flags = ["--batch-size", batch_size, "--max-epochs", "8", "--run-name", "one-batch"]
+    data = few(data_dir, tmp_path / "data", 16, 8, copies=4)
+    batch_size = str(len(load_partition(data)[0]["train"]) // 4)  # each batch: the same 16
+    flags = ["--batch-size", batch_size, "--no-shuffle", "--max-epochs", "8"]
+    flags += ["--run-name", "one-batch"]
     assert train(data, tmp_path / "runs", num_classes, *flags) == 0
     losses = [row["train_loss"] for row in rows(tmp_path / "runs" / "one-batch")]
     assert losses[-1] < losses[0], f"8 steps on one batch: train_loss {losses}"
