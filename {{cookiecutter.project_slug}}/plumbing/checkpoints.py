@@ -343,7 +343,7 @@ def for_inference(
     state's entry `weights`, in eval mode, on the CPU; with the checkpoint and that entry's
     name. 'auto': 'ema' where the state has one, as with the README's EMA row (validation,
     and so best.pt, used those weights), else 'model'. One line when it is another model."""
-    checkpoint = load(path, torch.device("cpu"))
+    checkpoint = load(path)
     saved = checkpoint.get("state", BEFORE_0_5)
     name = ("ema" if "ema" in saved else "model") if weights == "auto" else weights
     if name not in saved:
