@@ -74,6 +74,7 @@ with training.start(settings, found, state, training_generator, validation_gener
     next(epochs)
     pytorch_script.train(model, run.batches(training_generator), loss_fn, optimizer, scaler)
     article()  # both warm
+    run.end_epoch(run.epoch, 0.0)
     for i in range(rounds):
         for name in (["article", "project"] if i % 2 else ["project", "article"]):
             next(epochs)
@@ -84,6 +85,7 @@ with training.start(settings, found, state, training_generator, validation_gener
                 batches = run.batches(training_generator)
                 pytorch_script.train(model, batches, loss_fn, optimizer, scaler)
             rates[name].append(steps / (time.perf_counter() - start))
+            run.end_epoch(run.epoch, 0.0)  # (each epoch ends so; it saves last.pt: not timed)
 print(json.dumps(rates))
 """
 

@@ -67,7 +67,12 @@ def launch(project: Path, data_dir: Path, *flags: str, ranks: int = 1) -> subpro
 
 
 def finished(process: subprocess.Popen) -> subprocess.CompletedProcess:
-    out, err = process.communicate(timeout=300)
+    try:
+        out, err = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:  # none of its processes left behind (torchrun's ranks)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 

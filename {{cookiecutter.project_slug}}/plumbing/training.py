@@ -38,6 +38,10 @@ from plumbing.preemption import StopSignals
 from plumbing.seeding import seed_epoch
 
 CHECK_EVERY = 100  # batches: the NaN watch waits for the GPU once per hundred steps
+# No tqdm monitor thread (every bar starts one, a disabled one too): DataLoader workers are
+# forked from this process, and a fork while that thread holds tqdm's lock can hang the worker
+# (seen under torchrun with a stream's workers).
+tqdm.monitor_interval = 0
 
 
 def start(
