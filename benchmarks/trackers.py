@@ -73,9 +73,9 @@ def parts(project: Path, tracker: str, runs_dir: Path, name: str) -> list[float]
     return json.loads(result.stdout.splitlines()[-1])
 
 
-def whole_run(project: Path, tracker: str, name: str) -> float:
+def whole_run(project: Path, tracker: str, name: str, epochs: int) -> float:
     command = [sys.executable, "pytorch_script.py", "--tracker", tracker, "--run-name", name]
-    command += ["--max-epochs", "3", "--num-workers", "2", "--no-tensorboard"]
+    command += ["--max-epochs", str(epochs), "--num-workers", "2", "--no-tensorboard"]
     started = time.perf_counter()
     subprocess.run(command, cwd=project, env=environment(project), check=True, capture_output=True)
     return time.perf_counter() - started
@@ -90,6 +90,7 @@ def shown(values: list[float], unit: float = 1.0, digits: int = 2) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=5, help="measurements of each")
+    p.add_argument("--epochs", type=int, default=3, help="of each whole run")
     args = p.parse_args(argv)
     project = bake()
     print(f"{args.repeats} repeats each, in {project}\n")
@@ -105,10 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         start, epoch, end = zip(*measured, strict=True)
         print(f"{label:<26} {shown(start):>18} {shown(epoch, 1000):>18} {shown(end):>18}")
 
-    print("\nwhole runs: 3 epochs, 2 workers, launch to exit")
+    print(f"\nwhole runs: {args.epochs} epochs, 2 workers, launch to exit")
     baseline = None
     for tracker in ("none", "mlflow", "wandb"):
-        times = [whole_run(project, tracker, f"{tracker}-{i}") for i in range(args.repeats)]
+        names = [f"{tracker}-{i}" for i in range(args.repeats)]
+        times = [whole_run(project, tracker, name, args.epochs) for name in names]
         baseline = baseline or statistics.median(times)
         ratio = statistics.median(times) / baseline
         print(f"  --tracker {tracker:<8} {shown(times)} s   {ratio:.2f}x the time without")

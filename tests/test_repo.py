@@ -78,7 +78,8 @@ def test_the_bake_time_benchmark_prints_its_table() -> None:
 
 @pytest.mark.slow
 def test_the_trackers_benchmark_prints_its_table() -> None:
-    out = run([sys.executable, "benchmarks/trackers.py", "--repeats", "1"], ROOT).stdout
+    trackers = [sys.executable, "benchmarks/trackers.py", "--repeats", "1", "--epochs", "1"]
+    out = run(trackers, ROOT).stdout
     for row in ["mlflow, new store", "mlflow, existing store", "wandb, offline"]:
         assert re.search(rf"\n{row} +[\d.]+ \[[\d.]+-[\d.]+\]", out), out
     assert re.search(r"--tracker wandb +[\d.]+ \[[\d.]+-[\d.]+\] s +[\d.]+x", out), out
