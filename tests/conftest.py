@@ -36,6 +36,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [item for item in items if not item.get_closest_marker("slow")]
 
 
+# One thread for torch's operations in the scripts the tests start (and in tests/baked/'s own
+# process): the tests' tiny models gain nothing from more, and pytest-xdist's workers, the
+# scripts they start and their DataLoader workers would otherwise contend for the same cores
+# (test_change_where.py: 113 s with torch's default of a thread per core, 78 s with one, 2 CPUs).
+os.environ["OMP_NUM_THREADS"] = "1"
+
 ROOT = Path(__file__).resolve().parents[1]
 NO_DATA = {"_create_sample_data": False, "_run_smoke_test": False}
 

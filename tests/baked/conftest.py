@@ -10,7 +10,6 @@ import contextlib
 import io
 import json
 import multiprocessing
-import os
 import shutil
 import sys
 import tempfile
@@ -46,11 +45,7 @@ def _remove_the_baked_project() -> None:
     shutil.rmtree(PROJECT.parent, ignore_errors=True)
 
 
-# One thread for torch's operations, in this process and in those the tests start: the tests'
-# tiny models gain nothing from more, and pytest-xdist's workers, the scripts they start and
-# their DataLoader workers would otherwise contend for the same cores.
-torch.set_num_threads(1)
-os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)  # as OMP_NUM_THREADS, set in ../conftest.py, says to the scripts
 
 # Run as `python pytorch_script.py`, the script is the __main__ module that multiprocessing's
 # fork server imports once (Python 3.14 starts DataLoader workers by forkserver), and each

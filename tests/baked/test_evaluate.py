@@ -5,7 +5,6 @@ is one line, with nothing written."""
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -331,10 +330,9 @@ def test_under_torchrun_each_sample_counts_once(run_dir: Path) -> None:
     """2 processes, 51 validation samples (26 and 25): the numbers and predictions of one."""
     one, predictions = evaluated(run_dir, "validation", "best")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     argv = at(run_dir, "--split", "validation", "--num-workers", "1", "--device", "cpu")
     result = subprocess.run(
-        [*torchrun, "evaluate.py", *argv], cwd=PROJECT, env=env, capture_output=True, text=True,
+        [*torchrun, "evaluate.py", *argv], cwd=PROJECT, capture_output=True, text=True,
         timeout=300,
     )  # fmt: skip
     assert result.returncode == 0 or GLOO_ABORT_AT_EXIT in result.stderr, result.stderr
