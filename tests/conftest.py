@@ -49,8 +49,8 @@ NO_DATA = {"_create_sample_data": False, "_run_smoke_test": False}
 def run(
     args: list[str], cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    """Run a command; on failure, show everything it printed. The longest, the default project's
-    own tests, take about 5 minutes on 2 slow cores, and twice that on a busy machine."""
+    """Run a command; on failure, show everything it printed. The longest (uv sync, the
+    benchmarks) take about a minute on 2 cores, and several times that on a busy machine."""
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, (
         f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
