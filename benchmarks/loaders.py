@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="epochs timed per loader")
     parser.add_argument("--small", type=int, default=20_000, help="samples of 3x32x32")
-    parser.add_argument("--large", type=int, default=2_000, help="samples of 3x224x224")
+    parser.add_argument("--large", type=int, default=2_000, help="samples of 3x224x224 (0: none)")
     parser.add_argument("--no-memory", action="store_true", help="skip the worker memory part")
     args = parser.parse_args(argv)
 
@@ -290,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         with s3_server(Path(tmp) / "moto.log"):
             shapes = [("3,32,32", args.small), ("3,224,224", args.large)]
+            shapes = [(shape, n) for shape, n in shapes if n]  # 0 leaves a shape out
             by_shape = {
                 shape: measure_shape(project, shape, n, args.repeats) for shape, n in shapes
             }
