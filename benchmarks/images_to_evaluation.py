@@ -16,7 +16,6 @@ alone, which every step pays.
 """
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -28,17 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def bake(out: Path) -> Path:
-    config = out / "cookiecutter.yaml"  # replays not in ~
-    config.write_text(f"replay_dir: {json.dumps(str(out))}\n")
-    command = [sys.executable, "-m", "cookiecutter", str(ROOT), "--config-file", str(config)]
-    command += ["--no-input", "-o", str(out), "_run_smoke_test=false", "_create_sample_data=false"]
-    subprocess.run(command, check=True, capture_output=True)
-    return out / "my_pytorch_project"
+from scale import bake  # the template baked without data, beside this script
 
 
 def write_images(root: Path, count: int, sides: tuple[int, int], suffix: str) -> None:
