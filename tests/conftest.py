@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import types
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,15 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
     """The rows of a run's metrics.csv."""
     with open(path, newline="") as f:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def make_edits(project: Path, edits: Iterable[tuple[str, str, str]]) -> None:
+    """Each edit (file, old, new) made in project, where old stands once, as a README row says."""
+    for file, old, new in edits:
+        path = project / file
+        text = path.read_text(encoding="utf-8")
+        assert text.count(old) == 1, f"{file} no longer holds {old!r} once"
+        path.write_text(text.replace(old, new), encoding="utf-8")
 
 
 def python_files(project: Path) -> list[Path]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import read_metrics, run
+from conftest import make_edits, read_metrics, run
 
 SAMPLES = ["--num-samples", "256", "--shape", "3,8,8", "--num-classes", "4"]
 SAMPLES += ["--test-fraction", "0"]  # 192 to train on
@@ -300,11 +300,7 @@ def edited(project: Path, where: Path, edits: list[tuple[str, str, str]]) -> Pat
     """A copy of project with each edit made in its one place."""
     copy = where / "project"
     shutil.copytree(project, copy, ignore=shutil.ignore_patterns("data", "runs", "__pycache__"))
-    for file, old, new in edits:
-        path = copy / file
-        text = path.read_text(encoding="utf-8")
-        assert text.count(old) == 1, f"{file} no longer holds {old!r} once"
-        path.write_text(text.replace(old, new), encoding="utf-8")
+    make_edits(copy, edits)
     return copy
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytorch_script
 import torch
 
+from conftest import make_edits  # tests/conftest.py
+
 PROJECT = Path(pytorch_script.__file__).parent
 GLOO_ABORT_AT_EXIT = "terminate called without an active exception"  # torch 2.13, gloo, at exit
 
@@ -128,11 +130,7 @@ def edited_project(tmp_path: Path, *edits: tuple[str, str, str]) -> Path:
     shutil.copytree(
         PROJECT, copy, ignore=shutil.ignore_patterns("data", "runs", "tests", "__pycache__", ".*")
     )
-    for file, old, new in edits:
-        path = copy / file
-        text = path.read_text(encoding="utf-8")
-        assert text.count(old) == 1, f"{file} no longer holds {old!r} once"
-        path.write_text(text.replace(old, new), encoding="utf-8")
+    make_edits(copy, edits)
     return copy
 
 
