@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from plumbing import distributed, loader
+from plumbing import distributed, loader, packed
 from plumbing.errors import DataError
 from plumbing.files import atomic_write, atomic_write_text
 
@@ -59,7 +59,7 @@ class Pass:
         batches: object = generator
         if self.loader_timeout and generator.num_workers == 0:  # the workers time themselves
             batches = loader.within(generator, self.loader_timeout)
-        getattr(generator.dataset, "begin", lambda: None)()  # the packed copy's check
+        packed.begin(generator.dataset)
         non_blocking = self.device.type == "cuda"
         for X, y in batches:
             if self.input_shape is not None and tuple(X.shape[1:]) != self.input_shape:
@@ -71,7 +71,7 @@ class Pass:
             y = torch.as_tensor(y).to(self.device, non_blocking=non_blocking)
             self.labels.append(y)
             yield X, y
-        getattr(generator.dataset, "confirm", lambda: None)()
+        packed.confirm(generator.dataset)
         self._gather()
 
     def _gather(self) -> None:

@@ -108,6 +108,18 @@ class PackedDataset(torch.utils.data.Dataset):
         return batch
 
 
+def begin(dataset: torch.utils.data.Dataset) -> None:
+    """As a pass over dataset begins: a packed copy's check of every file starts; any other
+    Dataset has nothing to check."""
+    getattr(dataset, "begin", lambda: None)()
+
+
+def confirm(dataset: torch.utils.data.Dataset) -> None:
+    """Once a pass over dataset is read, before anything of it is saved: stop if the files of a
+    packed copy changed (a DataError); any other Dataset has nothing to check."""
+    getattr(dataset, "confirm", lambda: None)()
+
+
 class Numbered(torch.utils.data.Dataset):
     """What pack_data.py reads: dataset[i] for i from start on, as (i, X, y), each checked to be
     like first, the first training sample (ID, shape, dtype), in the DataLoader worker."""

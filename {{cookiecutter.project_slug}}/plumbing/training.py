@@ -22,7 +22,7 @@ from types import TracebackType
 import torch
 from tqdm import tqdm
 
-from plumbing import checkpoints, distributed, loader, metrics, runs
+from plumbing import checkpoints, distributed, loader, metrics, packed, runs
 from plumbing.cli import Settings
 from plumbing.data import location
 from plumbing.errors import (
@@ -189,7 +189,7 @@ class Run(AbstractContextManager):
                 )
         if self.watch is not None:  # (train() may have left its loop early)
             self.watch.check()  # a NaN is not saved
-        getattr(self.training_generator.dataset, "confirm", lambda: None)()  # as Pass does
+        packed.confirm(self.training_generator.dataset)
         row = {name: float(value) for name, value in logged.items()}
         if self.lr is not None:
             row["lr"] = self.lr
@@ -212,7 +212,7 @@ class Run(AbstractContextManager):
     def stop_inside(self, one_pass: "Pass") -> None:
         """A signal came during training: save where it is, and stop."""
         one_pass.watch.check()  # (a NaN is not saved)
-        getattr(self.training_generator.dataset, "confirm", lambda: None)()  # as Pass does
+        packed.confirm(self.training_generator.dataset)
         where = checkpoints.Position(
             self.epoch, one_pass.number, one_pass.loss_sum, one_pass.num_samples, lr=self.lr
         )
@@ -313,7 +313,7 @@ class Pass:
         desc = None
         if self.training and distributed.rank() == 0:
             desc = f"epoch {run.epoch}/{run.max_epochs}"
-        getattr(generator.dataset, "begin", lambda: None)()  # the packed copy's check
+        packed.begin(generator.dataset)
         non_blocking = self.device.type == "cuda"  # copies from pinned memory overlap compute
         start = ready = None
         waited = 0.0
@@ -340,8 +340,7 @@ class Pass:
         self.data_wait = waited / elapsed if elapsed else 0.0
         if self.training:
             run.data_wait = self.data_wait
-        # The packed copy's check of every file ends before anything of this pass is saved.
-        getattr(generator.dataset, "confirm", lambda: None)()
+        packed.confirm(generator.dataset)
 
 
 class Watch:
