@@ -14,7 +14,7 @@ torch.load(path, weights_only=True) loads it:
 
 import dataclasses
 import io
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -277,8 +277,7 @@ def restore(
 def check_entries(path: Path, checkpoint: dict, entries: Mapping[str, Stateful]) -> None:
     """The entries of the checkpoint are the state's, of the same classes, and each model's
     parameters have the same names and shapes."""
-    saved = checkpoint.get("state", BEFORE_0_5)
-    classes = checkpoint.get("classes", {"model": checkpoint["model_class"]})
+    saved, classes = saved_entries(checkpoint)
     if set(saved) != set(entries):
         added = [name for name in entries if name not in saved]
         gone = [name for name in saved if name not in entries]
@@ -309,13 +308,21 @@ def check_entries(path: Path, checkpoint: dict, entries: Mapping[str, Stateful])
                 )
 
 
+def saved_entries(checkpoint: dict) -> tuple[Sequence[str], dict[str, str]]:
+    """The names of a checkpoint's state entries, and the class of each (one of template 0.4
+    held the model, optimizer and scaler, and named the model's class alone)."""
+    saved = checkpoint.get("state", BEFORE_0_5)
+    return saved, checkpoint.get("classes", {"model": checkpoint["model_class"]})
+
+
 def position(path: Path, checkpoint: dict, settings: Settings, facts: Facts) -> Position | None:
     """This rank's Position in a checkpoint saved inside an epoch; None for one saved at its end."""
     inside = checkpoint.get("inside")
     if not inside:
         return None
-    order = checkpoint["settings"].get("order", kept(settings, facts)["order"])
-    if order != kept(settings, facts)["order"]:
+    ours = kept(settings, facts)["order"]
+    order = checkpoint["settings"].get("order", ours)
+    if order != ours:
         flags = f"--seed {order['seed']} --{'' if order['shuffle'] else 'no-'}shuffle"
         raise CheckpointError(
             f"{path} was saved inside epoch {inside['epoch']} of a run with {flags}, whose"
@@ -344,13 +351,12 @@ def for_inference(
     name. 'auto': 'ema' where the state has one, as with the README's EMA row (validation,
     and so best.pt, used those weights), else 'model'. One line when it is another model."""
     checkpoint = load(path)
-    saved = checkpoint.get("state", BEFORE_0_5)
+    saved, classes = saved_entries(checkpoint)
     name = ("ema" if "ema" in saved else "model") if weights == "auto" else weights
     if name not in saved:
         raise CheckpointError(
             f"{path} has no entry {name!r} (its state: {', '.join(saved)}): pass --weights model"
         )
-    classes = checkpoint.get("classes", {"model": checkpoint["model_class"]})
     state = checkpoint[name]
     model_class = classes.get(name)
     if model_class == "AveragedModel":  # its model, under "module.", and a count of its own
