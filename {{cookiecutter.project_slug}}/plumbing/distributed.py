@@ -66,6 +66,13 @@ def setup(device: torch.device) -> torch.device:
     return device
 
 
+def autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    """--amp's mixed precision on device: float16 on CUDA, bfloat16 elsewhere (the CPU has no
+    fast float16); not enabled, nothing."""
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+
+
 def barrier() -> None:
     """Wait for every rank here (nothing to wait for without torchrun)."""
     if dist.is_initialized():

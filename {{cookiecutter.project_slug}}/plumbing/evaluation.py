@@ -46,8 +46,8 @@ class Pass:
         self.probabilities: torch.Tensor | None = None
 
     def autocast(self) -> torch.autocast:
-        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp)
+        """--amp, as training has it."""
+        return distributed.autocast(self.device, self.amp)
 
     def record(self, outputs: torch.Tensor) -> None:
         """The model's outputs (one score per class) for the batch just given."""

@@ -271,8 +271,7 @@ class Pass:
     def autocast(self) -> torch.autocast:
         """--amp: float16 on CUDA, bfloat16 elsewhere (the CPU has no fast float16); without
         it, nothing."""
-        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        return torch.autocast(self.device.type, dtype=dtype, enabled=self.run.settings.amp)
+        return distributed.autocast(self.device, self.run.settings.amp)
 
     def record(self, loss: torch.Tensor) -> None:
         """The loss of the batch just given (its mean over the batch): summed on the device, as
